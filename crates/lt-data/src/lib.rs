@@ -1,0 +1,1 @@
+//! `lt-data`: see the crate README.

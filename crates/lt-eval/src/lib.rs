@@ -1,0 +1,1 @@
+//! `lt-eval`: see the crate README.

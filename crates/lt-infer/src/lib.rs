@@ -1,0 +1,1 @@
+//! `lt-infer`: see the crate README.

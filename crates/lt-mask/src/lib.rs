@@ -1,0 +1,1 @@
+//! `lt-mask`: see the crate README.

@@ -1,0 +1,1 @@
+//! `lt-model`: see the crate README.

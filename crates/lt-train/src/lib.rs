@@ -1,0 +1,1 @@
+//! `lt-train`: see the crate README.
