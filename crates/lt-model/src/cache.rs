@@ -1,0 +1,256 @@
+//! An explicit, evictable key/value cache for every layer.
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::ModelError;
+
+/// KV cache for all layers: per layer one K and one V tensor of shape
+/// `[batch, kv_heads, capacity, head_dim]` (keys stored after RoPE, like HF).
+///
+/// Rows may have different lengths (ragged batches); [`crate::Model::forward`] appends each
+/// row's new entries at that row's own length and hides slots beyond it. The position id of every
+/// slot is tracked per row ([`KvCache::positions`], [`KvCache::row_positions`]).
+///
+/// ```
+/// # use lt_model::{Model, ModelConfig, Device, Kind};
+/// let model = Model::random(&ModelConfig::tiny_llama(16, 16, 1, 2, 1, 16), Device::Cpu, Kind::Float, 0).unwrap();
+/// let cache = model.new_cache(1, 8);
+/// assert!(cache.is_empty());
+/// assert_eq!(cache.capacity(), 8);
+/// ```
+#[derive(Debug)]
+pub struct KvCache {
+    pub(crate) k: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+    lens: Vec<usize>,
+    positions: Vec<Vec<i64>>,
+    capacity: usize,
+    kv_heads: i64,
+    head_dim: i64,
+    kind: Kind,
+    device: Device,
+}
+
+impl KvCache {
+    /// An empty cache (normally made by [`crate::Model::new_cache`]).
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        let capacity = capacity.max(1);
+        let shape = [
+            batch as i64,
+            kv_heads as i64,
+            capacity as i64,
+            head_dim as i64,
+        ];
+        let alloc = || Tensor::zeros(shape, (kind, device));
+        KvCache {
+            k: (0..layers).map(|_| alloc()).collect(),
+            v: (0..layers).map(|_| alloc()).collect(),
+            lens: vec![0; batch],
+            positions: vec![Vec::with_capacity(capacity); batch],
+            capacity,
+            kv_heads: kv_heads as i64,
+            head_dim: head_dim as i64,
+            kind,
+            device,
+        }
+    }
+
+    /// Slots in use (row 0; all rows for an unragged batch).
+    pub fn len(&self) -> usize {
+        self.lens.first().copied().unwrap_or(0)
+    }
+    /// No slot in use in any row.
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|&l| l == 0)
+    }
+    /// Allocated slots per row (grows automatically).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Batch rows.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+    /// Number of layers.
+    pub fn layers(&self) -> usize {
+        self.k.len()
+    }
+    /// Element kind of the stored K/V.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Device of the stored K/V.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// Position id of each slot of row 0.
+    pub fn positions(&self) -> &[i64] {
+        self.row_positions(0)
+    }
+    /// Position id of each slot of `row`.
+    pub fn row_positions(&self, row: usize) -> &[i64] {
+        self.positions.get(row).map(|p| p.as_slice()).unwrap_or(&[])
+    }
+    /// Slots in use in `row`.
+    pub fn row_len(&self, row: usize) -> usize {
+        self.lens.get(row).copied().unwrap_or(0)
+    }
+    /// Longest row.
+    pub fn max_len(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(0)
+    }
+    /// Whether all rows have the same length.
+    pub fn is_uniform(&self) -> bool {
+        self.lens.windows(2).all(|w| w[0] == w[1])
+    }
+    /// Bytes of K+V in use: `sum(row lens) * layers * 2 * kv_heads * head_dim * elem_size`
+    /// (batch 1: `len * layers * 2 * kv_heads * head_dim * elem`).
+    pub fn bytes(&self) -> usize {
+        self.lens.iter().sum::<usize>() * self.slot_bytes()
+    }
+    /// Bytes allocated (capacity, all rows).
+    pub fn allocated_bytes(&self) -> usize {
+        self.capacity * self.batch() * self.slot_bytes()
+    }
+    fn slot_bytes(&self) -> usize {
+        self.k.len() * 2 * (self.kv_heads * self.head_dim) as usize * self.kind.elt_size_in_bytes()
+    }
+
+    /// Key tensor of `layer` (full capacity view; slots `>= row_len` are garbage).
+    pub fn keys(&self, layer: usize) -> Option<&Tensor> {
+        self.k.get(layer)
+    }
+    /// Value tensor of `layer` (full capacity view).
+    pub fn values(&self, layer: usize) -> Option<&Tensor> {
+        self.v.get(layer)
+    }
+
+    /// Drop slots `range` of every row and every layer (K and V), shifting the tail left.
+    /// The remaining entries keep their exact bits; ranges are clamped to each row's length.
+    pub fn evict(&mut self, range: Range<usize>) {
+        for row in 0..self.batch() {
+            self.evict_row(row, range.clone());
+        }
+    }
+
+    /// Drop slots `range` of one row (all layers), shifting that row's tail left.
+    /// Out-of-range rows / empty ranges are no-ops; the range is clamped to the row length.
+    pub fn evict_row(&mut self, row: usize, range: Range<usize>) {
+        let Some(&len) = self.lens.get(row) else {
+            return;
+        };
+        let start = range.start.min(len);
+        let end = range.end.min(len);
+        if start >= end {
+            return;
+        }
+        let tail = (len - end) as i64;
+        let _g = tch::no_grad_guard();
+        if tail > 0 {
+            for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+                let r = t.narrow(0, row as i64, 1);
+                // clone first: source and destination may overlap
+                let src = r.narrow(2, end as i64, tail).copy();
+                r.narrow(2, start as i64, tail).copy_(&src);
+            }
+        }
+        self.positions[row].drain(start..end);
+        self.lens[row] = len - (end - start);
+    }
+
+    /// Keep the first `len` slots of every row (longer rows only).
+    pub fn truncate(&mut self, len: usize) {
+        for (l, p) in self.lens.iter_mut().zip(self.positions.iter_mut()) {
+            if *l > len {
+                *l = len;
+                p.truncate(len);
+            }
+        }
+    }
+
+    /// Forget everything (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Make room for `extra` more slots in the longest row (reallocating by doubling).
+    pub(crate) fn reserve(&mut self, extra: usize) {
+        let need = self.max_len() + extra;
+        if need <= self.capacity {
+            return;
+        }
+        let new_cap = need.max(self.capacity * 2);
+        tracing::debug!(from = self.capacity, to = new_cap, "growing KV cache");
+        let _g = tch::no_grad_guard();
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let mut s = t.size();
+            let old = s[2];
+            s[2] = new_cap as i64;
+            let n = Tensor::zeros(s.as_slice(), (self.kind, self.device));
+            n.narrow(2, 0, old).copy_(t);
+            *t = n;
+        }
+        self.capacity = new_cap;
+    }
+
+    /// Lengths before the current append, per row.
+    pub(crate) fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Write `k_new`, `v_new` ([B, kv_heads, T, D]) of `layer` after each row's length and return
+    /// K, V views covering `[0, max_len + T)`. Lengths are committed by [`KvCache::commit`].
+    pub(crate) fn append_layer(
+        &mut self,
+        layer: usize,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let t = k_new.size()[2];
+        let (Some(kc), Some(vc)) = (self.k.get_mut(layer), self.v.get_mut(layer)) else {
+            return Err(ModelError::Input(format!("cache has no layer {layer}")));
+        };
+        let k_new = k_new.to_kind(self.kind);
+        let v_new = v_new.to_kind(self.kind);
+        let uniform = self.lens.windows(2).all(|w| w[0] == w[1]);
+        if uniform {
+            let l = self.lens.first().copied().unwrap_or(0) as i64;
+            kc.narrow(2, l, t).copy_(&k_new);
+            vc.narrow(2, l, t).copy_(&v_new);
+        } else {
+            for (b, &l) in self.lens.iter().enumerate() {
+                let b = b as i64;
+                kc.narrow(0, b, 1)
+                    .narrow(2, l as i64, t)
+                    .copy_(&k_new.narrow(0, b, 1));
+                vc.narrow(0, b, 1)
+                    .narrow(2, l as i64, t)
+                    .copy_(&v_new.narrow(0, b, 1));
+            }
+        }
+        let total = self.lens.iter().copied().max().unwrap_or(0) as i64 + t;
+        Ok((kc.narrow(2, 0, total), vc.narrow(2, 0, total)))
+    }
+
+    /// Record `t` appended slots per row with their position ids (`positions[b]` has length t).
+    pub(crate) fn commit(&mut self, positions: &[Vec<i64>]) {
+        for ((l, p), new) in self
+            .lens
+            .iter_mut()
+            .zip(self.positions.iter_mut())
+            .zip(positions)
+        {
+            *l += new.len();
+            p.extend_from_slice(new);
+        }
+    }
+}

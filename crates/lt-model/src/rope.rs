@@ -1,0 +1,70 @@
+//! Rotary position embeddings from explicit position ids (HF `rotate_half` convention).
+use tch::{Device, Kind, Tensor};
+
+use crate::ModelConfig;
+
+/// Precomputed inverse frequencies (f32, like HF).
+#[derive(Debug)]
+pub(crate) struct Rope {
+    inv_freq: Tensor, // [head_dim/2] f32
+}
+
+impl Rope {
+    pub(crate) fn new(cfg: &ModelConfig, device: Device) -> Self {
+        let dim = cfg.head_dim() as i64;
+        // HF: 1 / base ** (arange(0, dim, 2).float() / dim), all in f32.
+        let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
+            .to_kind(Kind::Float)
+            / (dim as f64);
+        let base = Tensor::from(cfg.rope_theta as f32);
+        let mut inv_freq = base.pow(&exps).reciprocal();
+        if let Some(rs) = &cfg.rope_scaling {
+            match rs.rope_type.as_deref().unwrap_or("default") {
+                "linear" => inv_freq = inv_freq / rs.factor.unwrap_or(1.0),
+                "llama3" => {
+                    let factor = rs.factor.unwrap_or(1.0);
+                    let lff = rs.low_freq_factor.unwrap_or(1.0);
+                    let hff = rs.high_freq_factor.unwrap_or(4.0);
+                    let old = rs.original_max_position_embeddings.unwrap_or(8192.0);
+                    let low_wl = old / lff;
+                    let high_wl = old / hff;
+                    let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                    let scaled = &inv_freq / factor;
+                    let inv_l = wavelen.gt(low_wl).where_self(&scaled, &inv_freq);
+                    let smooth = (wavelen.reciprocal() * old - lff) / (hff - lff);
+                    let smoothed =
+                        (smooth.ones_like() - &smooth) * &inv_l / factor + &smooth * &inv_l;
+                    let medium = wavelen
+                        .lt(high_wl)
+                        .logical_not()
+                        .logical_and(&wavelen.gt(low_wl).logical_not());
+                    inv_freq = medium.where_self(&smoothed, &inv_l);
+                }
+                _ => {}
+            }
+        }
+        Rope {
+            inv_freq: inv_freq.to_kind(Kind::Float).to_device(device),
+        }
+    }
+
+    /// cos, sin of shape [B, 1, T, head_dim] in `kind` for position ids [B, T].
+    pub(crate) fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let pos = position_ids.to_kind(Kind::Float).unsqueeze(-1); // [B,T,1]
+        let freqs = pos * self.inv_freq.view([1, 1, -1]); // [B,T,D/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B,1,T,D]
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&(-x2), &x1], -1)
+}
+
+/// `x * cos + rotate_half(x) * sin` for x [B, heads, T, D].
+pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
