@@ -1,9 +1,40 @@
 //! `lt-mask`: LightThinker compression attention masks.
 //!
-//! NOTE (foundation stub): the public names below are the contract other crates code
-//! against (`lt-data` hands [`Layout`]s in, `lt-infer` asks for local step masks).
-//! The bodies are filled by the lt-mask issue.
+//! LightThinker teaches a model to end each thought with `<|splitter|>`, squeeze it into `C`
+//! cache ("gist") tokens and continue from those alone. Which token may attend to which is all
+//! in the attention mask; this crate builds those masks exactly as the Python reference does:
+//!
+//! * [`global_mask`]: training mask of an aug / aug-wo-pc sample (`create_attention_for_aug_data`);
+//! * [`recover_mask`]: training mask of a recover sample (`create_attention_for_recover_data`);
+//! * [`local_mask`]: one inference step over the live KV cache (`update_attention_local`),
+//!   LightThinker ([`LocalIndicator::lightthinker`]) and AnLLM ([`LocalIndicator::anllm`]).
+//!
+//! Masks are [`IntervalMask`]s (per-row visible intervals, no `P²` memory) with exports to dense
+//! bool, bit-packed, additive float and, with the `tch` feature, `tch::Tensor`s.
+//!
+//! ```
+//! use lt_mask::{global_mask, BlockKind, Layout, MaskFlags, ThoughtBlock};
+//! let layout = Layout {
+//!     len: 10,
+//!     blocks: vec![ThoughtBlock { start: 2, end: 5, l_inst: 0, n_comp: 2, n_continue: 1, kind: BlockKind::Output }],
+//! };
+//! let m = global_mask(&layout, &MaskFlags::default(), None).unwrap();
+//! assert_eq!((m.rows(), m.cols()), (10, 10));
+//! assert!(m.is_visible(6, 3));   // a cache token sees the thought
+//! assert!(!m.is_visible(7, 3));  // <|continue|> does not
+//! ```
 use serde::{Deserialize, Serialize};
+
+mod error;
+mod global;
+mod interval;
+mod local;
+pub mod render;
+
+pub use error::MaskError;
+pub use global::{global_mask, global_masks, recover_mask, validate, RecoverKey, RecoverSpec};
+pub use interval::{GoldenIntervals, IntervalMask};
+pub use local::{local_mask, LocalIndicator};
 
 /// Whether a compressed segment belongs to the prompt or to the model's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,4 +105,64 @@ pub struct Layout {
     pub len: usize,
     /// Blocks in sequence order.
     pub blocks: Vec<ThoughtBlock>,
+}
+
+/// The most negative finite value of a float dtype, used for hidden cells of additive masks
+/// (bf16: `-3.3895313892515355e38`, exactly `torch.finfo(torch.bfloat16).min`).
+#[cfg(feature = "tch")]
+pub fn dtype_min(kind: tch::Kind) -> f64 {
+    match kind {
+        tch::Kind::BFloat16 => -3.3895313892515355e38,
+        tch::Kind::Half => -65504.0,
+        tch::Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// Stack equally shaped masks into a `[B, 1, P, P']` additive tensor of `kind` on `device`
+/// (0 visible, [`dtype_min`] hidden), the layout the model's attention expects. The byte buffer
+/// is filled row-wise in parallel (rayon) and converted with tensor ops.
+#[cfg(feature = "tch")]
+pub fn stack_additive(
+    masks: &[IntervalMask],
+    kind: tch::Kind,
+    device: tch::Device,
+) -> Result<tch::Tensor, MaskError> {
+    let bool_t = stack_bool(masks, device)?;
+    let shape = bool_t.size();
+    Ok(tch::Tensor::zeros(shape.as_slice(), (kind, device))
+        .masked_fill(&bool_t.logical_not(), dtype_min(kind)))
+}
+
+/// Stack equally shaped masks into a `[B, 1, P, P']` `Bool` tensor (true = visible).
+#[cfg(feature = "tch")]
+pub fn stack_bool(masks: &[IntervalMask], device: tch::Device) -> Result<tch::Tensor, MaskError> {
+    use rayon::prelude::*;
+    let (rows, cols) = masks
+        .first()
+        .map(|m| (m.rows(), m.cols()))
+        .unwrap_or((0, 0));
+    if let Some((i, m)) = masks
+        .iter()
+        .enumerate()
+        .find(|(_, m)| (m.rows(), m.cols()) != (rows, cols))
+    {
+        return Err(MaskError::Shape(format!(
+            "mask {i} is {}x{}, mask 0 is {rows}x{cols}",
+            m.rows(),
+            m.cols()
+        )));
+    }
+    let per = rows * cols;
+    let mut bytes = vec![0u8; masks.len() * per];
+    if per > 0 {
+        bytes
+            .par_chunks_mut(per)
+            .zip(masks.par_iter())
+            .for_each(|(dst, m)| m.write_dense(1u8, 0u8, dst));
+    }
+    Ok(tch::Tensor::from_slice(&bytes)
+        .view([masks.len() as i64, 1, rows as i64, cols as i64])
+        .to_kind(tch::Kind::Bool)
+        .to_device(device))
 }
