@@ -19,3 +19,4 @@ pub use lt_model as model;
 pub use lt_train as train;
 
 pub mod cli;
+pub mod demo;
