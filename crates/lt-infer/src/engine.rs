@@ -1,0 +1,682 @@
+//! The decode engine: prefill, greedy decoding with thought-level / token-level compression,
+//! AnLLM and vanilla, for one or many sequences at once.
+//!
+//! Every sequence carries its own bookkeeping (slot → position, slot → whole-sequence index, the
+//! current thought start, the compressed blocks); a step plans each sequence's input block and
+//! mask, runs **one** batched forward over a ragged [`KvCache`] (shorter blocks are padded and the
+//! padding slots evicted again right after), then evicts each sequence's compressed thought.
+use std::ops::Range;
+use std::time::Instant;
+
+use lt_mask::{BlockKind, Layout, MaskFlags, ThoughtBlock};
+use lt_model::{AttnMask, KvCache, Logits, Model};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::local::{fill_dense, intervals, local_mask, row_count, Indicator, Row};
+use crate::InferError;
+
+/// Which generation method drives compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// LightThinker: a generated trigger (`<|splitter|>`) → force `[S, O_0..O_{C-1}, K]`, evict the thought and S.
+    LightThinker,
+    /// AnLLM: the model generates the anchor (`<|o_0|>`); nothing forced, the sentence is evicted.
+    Anllm,
+    /// No compression at all (plain greedy decoding with a growing cache).
+    Vanilla,
+}
+
+/// When compression happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Level {
+    /// On the generated trigger token (the reference's `output.level = "sentence"`).
+    Sentence,
+    /// Every `step`-th generated token (the reference's `output.level = "token"`).
+    Token {
+        /// Compression period in generated tokens.
+        step: usize,
+    },
+}
+
+/// How the per-step masks are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateMethod {
+    /// The reference: a mask built directly for the step (spec §2.6).
+    Local,
+    /// Self-check: rows of the whole-sequence training mask (`lt_mask::global_mask`) restricted to
+    /// the cached slots. Gives the same outputs as `Local` (the reference's version is broken).
+    Global,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model predicted the EOS id.
+    Eos,
+    /// `max_new_tokens` loop iterations ran.
+    MaxNewTokens,
+    /// The reference's buffer capacity (`max_new_tokens + 1100`) would overflow.
+    Capacity,
+}
+
+/// Everything the engine needs to know about a generation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenConfig {
+    /// LightThinker, AnLLM or vanilla.
+    pub method: Method,
+    /// Thought level (trigger token) or token level (every `step`).
+    pub level: Level,
+    /// Cache-token ids `<|o_0|>..<|o_{C-1}|>` (C = length).
+    pub comp_ids: Vec<i64>,
+    /// The trigger: `<|splitter|>` (LightThinker) or the anchor `<|o_0|>` (AnLLM).
+    pub trigger_id: i64,
+    /// `<|continue|>`.
+    pub continue_id: i64,
+    /// The only stop id.
+    pub eos_id: i64,
+    /// Loop bound (model-generated tokens; a compression step counts once).
+    pub max_new_tokens: usize,
+    /// `see_current`, `bi_directional`, `diagonal` (+ `prefill_compress` for compressed prompts).
+    pub flags: MaskFlags,
+    /// Non-reference: new tokens get position = current cache length (the reference crashes).
+    pub rolling_rope: bool,
+    /// Local (reference) or global (self-check) masks.
+    pub update: UpdateMethod,
+    /// The reference's capacity break: stop when `cache_len + q > capacity`. `None` = never.
+    pub capacity: Option<usize>,
+    /// Record a per-forward trace (positions, masks, evictions) like the goldens' extras.
+    pub trace: bool,
+}
+
+impl GenConfig {
+    /// Number of cache tokens C.
+    pub fn n_comp(&self) -> usize {
+        self.comp_ids.len()
+    }
+}
+
+/// One prompt, already tokenized. With prompt compression, `ids` is the augmented prompt with
+/// cache tokens and `spans` lists each compressed sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PromptInput {
+    /// Ids fed at prefill.
+    pub ids: Vec<i64>,
+    /// The "prompt record" (what `prompt` / `input_len` report): `ids` without cache tokens.
+    pub record_ids: Vec<i64>,
+    /// Compressed prompt spans (empty = the paper setting).
+    pub spans: Vec<PromptSpan>,
+}
+
+impl PromptInput {
+    /// A plain (uncompressed) prompt.
+    pub fn plain(ids: Vec<i64>) -> Self {
+        PromptInput { record_ids: ids.clone(), ids, spans: Vec::new() }
+    }
+}
+
+/// A compressed prompt sentence in prompt coordinates: text `[ts, te)`, its cache tokens `[cs, ce)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptSpan {
+    /// The sentence's tokens.
+    pub text: Range<usize>,
+    /// Its cache tokens.
+    pub cache: Range<usize>,
+}
+
+/// One model forward call as seen by one sequence (the goldens' `trace` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// KV length before the call.
+    pub cache_len: usize,
+    /// The fed block.
+    pub input_ids: Vec<i64>,
+    /// Its positions (None for a plain prefill).
+    pub position_ids: Option<Vec<i64>>,
+    /// Visible intervals per fed row (None for a plain causal prefill).
+    pub mask: Option<Vec<Row>>,
+    /// Slots removed after the call.
+    pub evict: Option<(usize, usize)>,
+    /// Argmax of the last row.
+    pub pred: i64,
+}
+
+/// The result of generating one sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The prompt record ids.
+    pub prompt_ids: Vec<i64>,
+    /// Every model-generated token (incl. triggers) plus the final stop token (never fed).
+    pub output_ids: Vec<i64>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Number of compressions.
+    pub n_compress: usize,
+    /// Peak KV length in tokens (the reference's `max_token`).
+    pub max_token: usize,
+    /// Peak KV bytes of this sequence (`max_token` × bytes per cached token).
+    pub peak_kv_bytes: usize,
+    /// Dep: sum over the output tokens of the keys each one attends to when fed (the final,
+    /// unfed token counts the cache it would see).
+    pub dep: u64,
+    /// KV length after each loop iteration (one entry per fed output token).
+    pub kv_trace: Vec<usize>,
+    /// Number of forward calls that fed this sequence.
+    pub n_forward: usize,
+    /// Wall-clock seconds from the start of the batch to this sequence's end.
+    pub time_s: f64,
+    /// Per-forward trace when [`GenConfig::trace`] is set.
+    pub trace: Option<Vec<TraceStep>>,
+}
+
+/// The input block of one sequence for one forward.
+#[derive(Debug, Clone)]
+struct Planned {
+    cache_len: usize,
+    ids: Vec<i64>,
+    positions: Vec<i64>,
+    rows: Vec<Row>,
+    /// All rows are plain causal over cache ++ block (fused path possible).
+    causal: bool,
+    /// Evictions after the forward, applied in order (descending ranges).
+    evict: Vec<Range<usize>>,
+}
+
+/// Per-sequence decoding state.
+#[derive(Debug)]
+struct Seq {
+    slot_pos: Vec<i64>,
+    slot_whole: Vec<usize>,
+    whole_len: usize,
+    next_pos: i64,
+    local_start: usize,
+    local_start_whole: usize,
+    blocks: Vec<ThoughtBlock>,
+    pred: i64,
+    counter: usize,
+    prompt_ids: Vec<i64>,
+    output: Vec<i64>,
+    n_compress: usize,
+    max_token: usize,
+    dep: u64,
+    kv_trace: Vec<usize>,
+    n_forward: usize,
+    stop: Option<StopReason>,
+    trace: Vec<TraceStep>,
+    script: Option<Vec<i64>>,
+    time_s: f64,
+}
+
+impl Seq {
+    fn new(script: Option<Vec<i64>>) -> Self {
+        Seq {
+            slot_pos: Vec::new(),
+            slot_whole: Vec::new(),
+            whole_len: 0,
+            next_pos: 0,
+            local_start: 0,
+            local_start_whole: 0,
+            blocks: Vec::new(),
+            pred: -1,
+            counter: 0,
+            prompt_ids: Vec::new(),
+            output: Vec::new(),
+            n_compress: 0,
+            max_token: 0,
+            dep: 0,
+            kv_trace: Vec::new(),
+            n_forward: 0,
+            stop: None,
+            trace: Vec::new(),
+            script,
+            time_s: 0.0,
+        }
+    }
+
+    fn global_flags(cfg: &GenConfig) -> MaskFlags {
+        MaskFlags { exclude_continue: false, ..cfg.flags }
+    }
+
+    /// Rows of the whole-sequence mask for the last `q` fed tokens, restricted to the cached slots.
+    fn global_rows(&self, cfg: &GenConfig, q: usize) -> Result<Vec<Row>, InferError> {
+        let layout = Layout { len: self.whole_len, blocks: self.blocks.clone() };
+        let gm = lt_mask::global_mask(&layout, &Self::global_flags(cfg), None)
+            .map_err(|e| InferError::Mask(e.to_string()))?;
+        let cols = self.slot_whole.len();
+        let mut dense = vec![false; cols];
+        let mut rows = Vec::with_capacity(q);
+        for r in 0..q {
+            let wr = self.whole_len - q + r;
+            for (s, &w) in self.slot_whole.iter().enumerate() {
+                dense[s] = gm.is_visible(wr, w);
+            }
+            rows.push(intervals(&dense));
+        }
+        Ok(rows)
+    }
+
+    fn plan_prefill(&mut self, cfg: &GenConfig, prompt: &PromptInput) -> Result<Planned, InferError> {
+        let p = prompt.ids.len();
+        if p == 0 {
+            return Err(InferError::EmptyPrompt);
+        }
+        self.prompt_ids = prompt.record_ids.clone();
+        let positions: Vec<i64> = (0..p as i64).collect();
+        self.next_pos = p as i64;
+        self.slot_pos = positions.clone();
+        self.slot_whole = (0..p).collect();
+        self.whole_len = p;
+        for s in &prompt.spans {
+            self.blocks.push(ThoughtBlock {
+                start: s.text.start,
+                end: s.text.end,
+                l_inst: s.cache.start - s.text.end,
+                n_comp: s.cache.len(),
+                n_continue: 0,
+                kind: BlockKind::Prompt,
+            });
+        }
+        let compressed = !prompt.spans.is_empty() && cfg.flags.prefill_compress;
+        let (rows, causal) = match cfg.update {
+            UpdateMethod::Global if !prompt.spans.is_empty() => (self.global_rows(cfg, p)?, false),
+            _ if compressed => (prefill_mask(p, &prompt.spans, &cfg.flags), false),
+            _ => ((0..p).map(|r| vec![(0, r as u32 + 1)]).collect(), true),
+        };
+        self.max_token = p;
+        let mut evict: Vec<Range<usize>> = prompt.spans.iter().map(|s| s.text.clone()).collect();
+        evict.sort_by(|a, b| b.start.cmp(&a.start));
+        Ok(Planned { cache_len: 0, ids: prompt.ids.clone(), positions, rows, causal, evict })
+    }
+
+    fn finish(&mut self, stop: StopReason, push_pred: bool, t0: Instant) {
+        if push_pred {
+            self.output.push(self.pred);
+        }
+        // The final token would see the whole cache plus itself.
+        self.dep += self.slot_pos.len() as u64 + 1;
+        self.stop = Some(stop);
+        self.time_s = t0.elapsed().as_secs_f64();
+    }
+
+    /// Plan the next loop iteration, or finish the sequence.
+    fn plan(&mut self, cfg: &GenConfig, t0: Instant) -> Result<Option<Planned>, InferError> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        if self.pred == cfg.eos_id {
+            self.finish(StopReason::Eos, true, t0);
+            return Ok(None);
+        }
+        if self.counter >= cfg.max_new_tokens {
+            self.finish(StopReason::MaxNewTokens, true, t0);
+            return Ok(None);
+        }
+        let pred = self.pred;
+        self.output.push(pred);
+        let l = self.slot_pos.len();
+        let c = cfg.n_comp();
+        let trigger = match (cfg.method, cfg.level) {
+            (Method::Vanilla, _) => false,
+            (_, Level::Sentence) => pred == cfg.trigger_id,
+            (_, Level::Token { step }) => step > 0 && (self.counter + 1) % step == 0,
+        };
+        let mut ids = vec![pred];
+        let mut ind = None;
+        let mut evict = Vec::new();
+        let mut block = None;
+        if trigger {
+            let ls = self.local_start;
+            let lw = self.local_start_whole;
+            let w = self.whole_len; // whole index of `pred`
+            match (cfg.method, cfg.level) {
+                (Method::Anllm, Level::Sentence) => {
+                    ind = Some(Indicator { text_start: ls, text_end: l, comp_start: l, comp_end: l + 1, n_continue: 0 });
+                    evict.push(ls..l);
+                    block = Some((lw, w, 1, 0));
+                }
+                (Method::Anllm, Level::Token { .. }) => {
+                    ids.extend_from_slice(&cfg.comp_ids);
+                    ind = Some(Indicator { text_start: ls, text_end: l + 1, comp_start: l + 1, comp_end: l + 1 + c, n_continue: 0 });
+                    evict.push(ls..l + 1);
+                    block = Some((lw, w + 1, c, 0));
+                }
+                _ => {
+                    ids.extend_from_slice(&cfg.comp_ids);
+                    ids.push(cfg.continue_id);
+                    ind = Some(Indicator { text_start: ls, text_end: l + 1, comp_start: l + 1, comp_end: l + 1 + c, n_continue: 1 });
+                    evict.push(ls..l + 1);
+                    block = Some((lw, w + 1, c, 1));
+                }
+            }
+        }
+        let q = ids.len();
+        if let Some(cap) = cfg.capacity {
+            if cap < l + q {
+                // No duplicated last token (reference bug §7.12): `pred` is already in the output.
+                self.finish(StopReason::Capacity, false, t0);
+                return Ok(None);
+            }
+        }
+        let positions: Vec<i64> = if cfg.rolling_rope {
+            (l as i64..(l + q) as i64).collect()
+        } else {
+            (self.next_pos..self.next_pos + q as i64).collect()
+        };
+        self.next_pos += q as i64;
+        self.slot_pos.extend_from_slice(&positions);
+        self.slot_whole.extend(self.whole_len..self.whole_len + q);
+        self.whole_len += q;
+        if let Some((start, end, n_comp, n_continue)) = block {
+            self.blocks.push(ThoughtBlock { start, end, l_inst: 0, n_comp, n_continue, kind: BlockKind::Output });
+        }
+        let rows = match cfg.update {
+            UpdateMethod::Local => local_mask(l, q, ind.as_ref(), &cfg.flags),
+            UpdateMethod::Global => self.global_rows(cfg, q)?,
+        };
+        let causal = ind.is_none() && q == 1 && rows[0] == [(0, l as u32 + 1)];
+        self.max_token = self.max_token.max(l + q);
+        self.dep += row_count(&rows[0]) as u64;
+        Ok(Some(Planned { cache_len: l, ids, positions, rows, causal, evict }))
+    }
+
+    /// Apply the planned evictions to the bookkeeping and take the next prediction.
+    fn commit(&mut self, cfg: &GenConfig, planned: Planned, argmax: i64, prefill: bool) {
+        let compressed = !planned.evict.is_empty();
+        for r in &planned.evict {
+            self.slot_pos.drain(r.clone());
+            self.slot_whole.drain(r.clone());
+        }
+        if compressed || prefill {
+            self.local_start = self.slot_pos.len();
+            self.local_start_whole = self.whole_len;
+        }
+        if compressed && !prefill {
+            self.n_compress += 1;
+        }
+        let pred = match &self.script {
+            Some(s) => {
+                let k = if prefill { 0 } else { self.counter + 1 };
+                s.get(k).copied().unwrap_or(cfg.eos_id)
+            }
+            None => argmax,
+        };
+        if cfg.trace {
+            let plain_prefill = prefill && planned.causal;
+            self.trace.push(TraceStep {
+                cache_len: planned.cache_len,
+                input_ids: planned.ids.clone(),
+                position_ids: (!plain_prefill).then(|| planned.positions.clone()),
+                mask: (!plain_prefill).then(|| planned.rows.clone()),
+                evict: planned.evict.first().filter(|_| !prefill).map(|r| (r.start, r.end)),
+                pred,
+            });
+        }
+        if !prefill {
+            self.counter += 1;
+            self.kv_trace.push(self.slot_pos.len());
+        }
+        self.n_forward += 1;
+        self.pred = pred;
+    }
+
+    fn into_generation(self, slot_bytes: usize, trace: bool) -> Generation {
+        Generation {
+            prompt_ids: self.prompt_ids,
+            output_ids: self.output,
+            stop: self.stop.unwrap_or(StopReason::Eos),
+            n_compress: self.n_compress,
+            max_token: self.max_token,
+            peak_kv_bytes: self.max_token * slot_bytes,
+            dep: self.dep,
+            kv_trace: self.kv_trace,
+            n_forward: self.n_forward,
+            time_s: self.time_s,
+            trace: trace.then_some(self.trace),
+        }
+    }
+}
+
+/// The prefill mask of a compressed prompt (`prefill_compress = true`, spec §2.4(b)).
+pub fn prefill_mask(p: usize, spans: &[PromptSpan], flags: &MaskFlags) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(p);
+    let mut dense = vec![false; p];
+    for r in 0..p {
+        dense.iter_mut().enumerate().for_each(|(j, v)| *v = j <= r);
+        for s in spans {
+            if r >= s.cache.end {
+                dense[s.text.clone()].iter_mut().for_each(|v| *v = false);
+            }
+            if s.cache.contains(&r) {
+                if flags.see_current {
+                    dense[..s.text.start].iter_mut().for_each(|v| *v = false);
+                }
+                if flags.bi_directional {
+                    dense[s.cache.clone()].iter_mut().for_each(|v| *v = true);
+                }
+                if flags.diagonal {
+                    dense[s.cache.clone()].iter_mut().for_each(|v| *v = false);
+                    dense[r] = true;
+                }
+            }
+        }
+        rows.push(intervals(&dense));
+    }
+    rows
+}
+
+/// Observer of generation progress: called after each batched forward.
+pub trait Progress {
+    /// `new_tokens`: output tokens fed by this step; `compressions`: compressions done in this
+    /// step; `kv_tokens`: live KV slots over the batch after eviction; `finished`: sequences that
+    /// ended in this step.
+    fn step(&mut self, new_tokens: usize, compressions: usize, kv_tokens: usize, finished: usize);
+}
+
+impl Progress for () {
+    fn step(&mut self, _: usize, _: usize, _: usize, _: usize) {}
+}
+
+/// Greedy generation with compression on a [`Model`].
+///
+/// ```no_run
+/// # use lt_infer::{Generator, GenConfig, PromptInput};
+/// # fn f(model: &lt_model::Model, cfg: GenConfig) -> Result<(), lt_infer::InferError> {
+/// let gen = Generator::new(model, cfg);
+/// let out = gen.generate(&PromptInput::plain(vec![1, 2, 3]))?;
+/// println!("{} tokens, {} compressions, peak {}", out.output_ids.len(), out.n_compress, out.max_token);
+/// # Ok(()) }
+/// ```
+pub struct Generator<'m> {
+    model: &'m Model,
+    cfg: GenConfig,
+}
+
+/// Logits of every fed row of every forward (teacher-forced runs, for tests).
+pub type StepLogits = Vec<Tensor>;
+
+impl<'m> Generator<'m> {
+    /// A generator for `model` with `cfg`.
+    pub fn new(model: &'m Model, cfg: GenConfig) -> Self {
+        Generator { model, cfg }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GenConfig {
+        &self.cfg
+    }
+
+    /// Bytes of K+V per cached token of one sequence.
+    pub fn slot_bytes(&self) -> usize {
+        let c = self.model.config();
+        c.num_hidden_layers * 2 * c.kv_heads() * c.head_dim() * self.model.kind().elt_size_in_bytes()
+    }
+
+    /// Generate one sequence (batch 1).
+    pub fn generate(&self, prompt: &PromptInput) -> Result<Generation, InferError> {
+        let mut v = self.generate_batch(std::slice::from_ref(prompt), &mut ())?;
+        Ok(v.remove(0))
+    }
+
+    /// Generate several sequences in one batch; each compresses and evicts on its own schedule
+    /// and the outputs equal [`Generator::generate`] of each prompt.
+    pub fn generate_batch(&self, prompts: &[PromptInput], progress: &mut dyn Progress) -> Result<Vec<Generation>, InferError> {
+        Ok(self.drive(prompts, None, false, progress)?.0)
+    }
+
+    /// Teacher-forced run (batch 1): feed `script` as the model's predictions (the first entry is
+    /// the token after the prefill; after the script the EOS id is "predicted") and return the
+    /// logits of every fed row of every forward (`[q, vocab]` each; the prefill first).
+    pub fn run_scripted(&self, prompt: &PromptInput, script: &[i64]) -> Result<(Generation, StepLogits), InferError> {
+        let (mut g, mut l) = self.drive(std::slice::from_ref(prompt), Some(&[script.to_vec()]), true, &mut ())?;
+        Ok((g.remove(0), l.remove(0)))
+    }
+
+    fn drive(
+        &self,
+        prompts: &[PromptInput],
+        scripts: Option<&[Vec<i64>]>,
+        keep_logits: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<Generation>, Vec<StepLogits>), InferError> {
+        let t0 = Instant::now();
+        let cfg = &self.cfg;
+        if cfg.method != Method::Vanilla && cfg.comp_ids.is_empty() {
+            return Err(InferError::Config("no cache tokens (C = 0)".into()));
+        }
+        let b = prompts.len();
+        if b == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let _g = tch::no_grad_guard();
+        let mut seqs: Vec<Seq> =
+            (0..b).map(|i| Seq::new(scripts.and_then(|s| s.get(i).cloned()))).collect();
+        let mut logits_out: Vec<StepLogits> = (0..b).map(|_| Vec::new()).collect();
+        let max_p = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let cap = max_p + cfg.max_new_tokens.min(4096) + cfg.n_comp() + 4;
+        let mut cache = self.model.new_cache(b, cap);
+
+        let plans: Vec<Option<Planned>> = seqs
+            .iter_mut()
+            .zip(prompts)
+            .map(|(s, p)| s.plan_prefill(cfg, p).map(Some))
+            .collect::<Result<_, _>>()?;
+        self.step(&mut cache, &mut seqs, plans, true, keep_logits, &mut logits_out)?;
+        loop {
+            let plans: Vec<Option<Planned>> =
+                seqs.iter_mut().map(|s| s.plan(cfg, t0)).collect::<Result<_, _>>()?;
+            let active = plans.iter().filter(|p| p.is_some()).count();
+            let before: usize = seqs.iter().map(|s| s.n_compress).sum();
+            let finished_before = seqs.iter().filter(|s| s.stop.is_some()).count();
+            if active == 0 {
+                progress.step(0, 0, 0, finished_before);
+                break;
+            }
+            self.step(&mut cache, &mut seqs, plans, false, keep_logits, &mut logits_out)?;
+            let after: usize = seqs.iter().map(|s| s.n_compress).sum();
+            let kv: usize = seqs.iter().filter(|s| s.stop.is_none()).map(|s| s.slot_pos.len()).sum();
+            progress.step(active, after - before, kv, 0);
+        }
+        let slot_bytes = self.slot_bytes();
+        let gens = seqs.into_iter().map(|s| s.into_generation(slot_bytes, cfg.trace)).collect();
+        Ok((gens, logits_out))
+    }
+
+    /// One batched forward: pad blocks to the longest, build the `[B,1,T,K]` mask, run, evict.
+    fn step(
+        &self,
+        cache: &mut KvCache,
+        seqs: &mut [Seq],
+        plans: Vec<Option<Planned>>,
+        prefill: bool,
+        keep_logits: bool,
+        logits_out: &mut [StepLogits],
+    ) -> Result<(), InferError> {
+        let b = seqs.len();
+        let t = plans.iter().flatten().map(|p| p.ids.len()).max().unwrap_or(0);
+        if t == 0 {
+            return Ok(());
+        }
+        let lens: Vec<usize> = (0..b).map(|r| cache.row_len(r)).collect();
+        for (r, p) in plans.iter().enumerate() {
+            if let Some(p) = p {
+                if p.cache_len != lens[r] {
+                    return Err(InferError::CacheMismatch { row: r, expected: p.cache_len, found: lens[r] });
+                }
+            }
+        }
+        let kmax = lens.iter().max().copied().unwrap_or(0) + t;
+        let pad = self.cfg.eos_id.max(0);
+        let mut ids = vec![pad; b * t];
+        let mut pos = vec![0i64; b * t];
+        for (r, p) in plans.iter().enumerate() {
+            if let Some(p) = p {
+                ids[r * t..r * t + p.ids.len()].copy_from_slice(&p.ids);
+                pos[r * t..r * t + p.ids.len()].copy_from_slice(&p.positions);
+                // padding positions continue the row's own (they are evicted right away)
+                let last = *p.positions.last().unwrap_or(&0);
+                for (i, v) in pos[r * t + p.ids.len()..(r + 1) * t].iter_mut().enumerate() {
+                    *v = last + 1 + i as i64;
+                }
+            }
+        }
+        let dev = self.model.device();
+        let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(dev);
+        let pos_t = Tensor::from_slice(&pos).view([b as i64, t as i64]).to_device(dev);
+        let all_full = b == 1 && plans[0].as_ref().is_some_and(|p| p.causal);
+        let mask_t;
+        let mask = if all_full {
+            AttnMask::Causal
+        } else {
+            let mut dense = vec![false; b * t * kmax];
+            for r in 0..b {
+                let q = plans[r].as_ref().map_or(0, |p| p.ids.len());
+                for i in 0..t {
+                    let row = &mut dense[(r * t + i) * kmax..(r * t + i + 1) * kmax];
+                    if i < q {
+                        fill_dense(&plans[r].as_ref().expect("q > 0").rows[i], row);
+                    } else {
+                        row[lens[r] + i] = true;
+                    }
+                }
+            }
+            mask_t = Tensor::from_slice(&dense).view([b as i64, 1, t as i64, kmax as i64]).to_device(dev);
+            AttnMask::Bool(&mask_t)
+        };
+        let uniform_q = plans.iter().all(|p| p.as_ref().is_some_and(|p| p.ids.len() == t));
+        let mode = if keep_logits || !uniform_q { Logits::All } else { Logits::Last };
+        let logits = self.model.forward(&ids_t, &pos_t, mask, Some(cache), mode)?;
+        // logits: [B, T, V] (All) or [B, V] / [B, 1, V] (Last)
+        let logits = if logits.dim() == 2 { logits.unsqueeze(1) } else { logits };
+        let am = logits.argmax(-1, false).to_device(tch::Device::Cpu).to_kind(Kind::Int64);
+        let am: Vec<i64> = Vec::<i64>::try_from(am.flatten(0, -1))?;
+        let tl = logits.size()[1] as usize;
+        for (r, p) in plans.into_iter().enumerate() {
+            let q = p.as_ref().map_or(0, |p| p.ids.len());
+            // drop this row's padding slots (all of them for a finished row)
+            if q < t {
+                cache.evict_row(r, lens[r] + q..lens[r] + t);
+            }
+            let Some(p) = p else { continue };
+            for ev in &p.evict {
+                if b == 1 {
+                    cache.evict(ev.clone());
+                } else {
+                    cache.evict_row(r, ev.clone());
+                }
+            }
+            let idx = if tl == 1 { 0 } else { q - 1 };
+            let pred = am[r * tl + idx];
+            if keep_logits {
+                logits_out[r].push(logits.get(r as i64).narrow(0, 0, q as i64).to_kind(Kind::Float).to_device(tch::Device::Cpu));
+            }
+            seqs[r].commit(&self.cfg, p, pred, prefill);
+            if cache.row_len(r) != seqs[r].slot_pos.len() {
+                return Err(InferError::CacheMismatch { row: r, expected: seqs[r].slot_pos.len(), found: cache.row_len(r) });
+            }
+        }
+        Ok(())
+    }
+}
