@@ -185,9 +185,13 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn var(&mut self, name: &str, dims: &[i64]) -> Tensor {
-        let t = self
-            .root
-            .add(name, Tensor::zeros(dims, (self.kind, self.device)), true);
+        // tch paths use '.' as separator: walk the HF name's components
+        let (prefix, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+        let path = prefix
+            .split('.')
+            .filter(|c| !c.is_empty())
+            .fold(self.root.clone(), |p, c| p.sub(c));
+        let t = path.add(leaf, Tensor::zeros(dims, (self.kind, self.device)), true);
         self.params.push((name.to_string(), t.shallow_clone()));
         t
     }

@@ -30,7 +30,7 @@ impl Rope {
                     let high_wl = old / hff;
                     let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
                     let scaled = &inv_freq / factor;
-                    let inv_l = wavelen.gt(low_wl).where_self(&scaled, &inv_freq);
+                    let inv_l = scaled.where_self(&wavelen.gt(low_wl), &inv_freq);
                     let smooth = (wavelen.reciprocal() * old - lff) / (hff - lff);
                     let smoothed =
                         (smooth.ones_like() - &smooth) * &inv_l / factor + &smooth * &inv_l;
@@ -38,7 +38,7 @@ impl Rope {
                         .lt(high_wl)
                         .logical_not()
                         .logical_and(&wavelen.gt(low_wl).logical_not());
-                    inv_freq = medium.where_self(&smoothed, &inv_l);
+                    inv_freq = smoothed.where_self(&medium, &inv_l);
                 }
                 _ => {}
             }
