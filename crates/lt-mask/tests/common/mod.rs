@@ -77,7 +77,14 @@ impl Dense {
         Dense { n, a }
     }
     /// Python-slice assignment `A[r0:r1, c0:c1] = f(r, c)` (ends clamped to n).
-    fn set(&mut self, r0: usize, r1: usize, c0: usize, c1: usize, f: impl Fn(usize, usize) -> bool) {
+    fn set(
+        &mut self,
+        r0: usize,
+        r1: usize,
+        c0: usize,
+        c1: usize,
+        f: impl Fn(usize, usize) -> bool,
+    ) {
         let n = self.n;
         for r in r0.min(n)..r1.min(n) {
             for c in c0.min(n)..c1.min(n) {
