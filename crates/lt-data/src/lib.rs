@@ -20,6 +20,7 @@ mod config;
 mod error;
 mod eval;
 pub mod io;
+mod record;
 mod sample;
 pub mod tiktoken;
 mod tokenizer;
@@ -35,5 +36,6 @@ pub use eval::{
     build_prompt, inference_prompt, read_eval_dataset, system_prompt, user_question, EvalDataset,
     EvalExample, BOXED_INSTRUCTION, SYSTEM_PROMPT_LIST,
 };
+pub use record::{BuildRecord, BuildSummary};
 pub use sample::{read_train_jsonl, read_train_jsonl_strict, TrainSample};
 pub use tokenizer::LtTokenizer;

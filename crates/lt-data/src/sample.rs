@@ -113,7 +113,8 @@ fn take_list(m: &mut Map<String, Value>, key: &str) -> std::result::Result<Vec<S
     }
 }
 
-/// Read a training JSONL file (`.gz` allowed), one entry per non-blank line, in order. A line that is not
+/// Read a training JSONL file (`.gz` allowed), one entry per non-blank line, in order (a line of the form
+/// `{"sample_id": …, "sample": {…}}`, as in the golden `samples.jsonl`, is unwrapped). A line that is not
 /// valid JSON or lacks/mistypes a field gives an `Err` naming the file, line and field; the other lines are
 /// still returned (nothing is dropped silently).
 pub fn read_train_jsonl(path: impl AsRef<Path>) -> Result<Vec<Result<TrainSample>>> {
@@ -127,7 +128,11 @@ pub fn read_train_jsonl(path: impl AsRef<Path>) -> Result<Vec<Result<TrainSample
                 line: Some(no),
                 message,
             };
-            let v: Value = serde_json::from_str(&line).map_err(|e| perr(e.to_string()))?;
+            let mut v: Value = serde_json::from_str(&line).map_err(|e| perr(e.to_string()))?;
+            // Accept the goldens' `{"sample_id", "sample": {...}}` wrapper too.
+            if v.get("question").is_none() && v.get("sample").is_some_and(Value::is_object) {
+                v = v["sample"].take();
+            }
             TrainSample::from_value(v).map_err(perr)
         })
         .collect())
