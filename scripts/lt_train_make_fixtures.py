@@ -18,6 +18,9 @@ OUT_DIR defaults to crates/lt-train/tests/fixtures. Writes:
                          attention): the loss (sum CE over labelled tokens / labelled-token count,
                          transformers 4.46.3 with num_items_in_batch), every parameter's gradient, the
                          global grad norm and the parameters after clip_grad_norm_(1.0) + one AdamW step.
+* tiny_task/          -- a word-level tokenizer.json (python `tokenizers`), a compression config and a
+                         small arithmetic train.jsonl (+ bad.jsonl with a mistyped field on line 3) for
+                         the end-to-end training tests and the CLI.
 """
 import json
 import math
@@ -189,7 +192,53 @@ def step_fixture(family):
                        mask=vis[:, 0].to(torch.int8).tolist()), fh)
 
 
+def tiny_task():
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, decoders
+
+    d = os.path.join(OUT, "tiny_task")
+    os.makedirs(d, exist_ok=True)
+    words = ["<|unk|>", "<|bos|>", "<|eos|>", " ", "\n", ":", ".", "+", "="] + [str(i) for i in range(10)] + \
+        ["add", "plus", "is", "so", "the", "answer", "sum", "of", "and", "first", "then", "carry",
+         "we", "get", "ones", "tens", "Solve", "this", "You", "are", "good", "at", "math"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[A-Za-z]+|[0-9]|\n|[^\sA-Za-z0-9]| "), behavior="isolated")
+    tok.add_special_tokens(["<|unk|>", "<|bos|>", "<|eos|>"])
+    tok.save(os.path.join(d, "tokenizer.json"))
+    cfg = {
+        "template": {"model": "llama", "prefix": "", "middle": " ", "suffix": "\n",
+                     "complete": "{system} {question}\n"},
+        "prompt": {"save_template": True, "level": "sentence", "step": 1, "n_token": 2,
+                   "token_name": "<|o_{t_id}|>", "token_desp": "add {t_id}"},
+        "output": {"level": "sentence", "step": 1, "n_token": 2, "token_name": "<|o_{t_id}|>",
+                   "token_desp": "add {t_id}", "meta_compress_step": 1},
+    }
+    with open(os.path.join(d, "compress.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    rng = np.random.default_rng(7)
+    lines = []
+    for _ in range(24):
+        a, b = int(rng.integers(10, 50)), int(rng.integers(10, 50))
+        s_ = a + b
+        thoughts = [f"first add {a % 10} and {b % 10} we get {a % 10 + b % 10}",
+                    f"then add {a // 10} and {b // 10} so the sum is {s_}",
+                    f"the answer is {s_}"]
+        q = f"add {a} and {b}"
+        lines.append(dict(question=q, system_prompt="You are good at math.",
+                          system_list=["You are good at math."], question_list=[q],
+                          thoughts_list=thoughts, gt_output="\n".join(thoughts)))
+    with open(os.path.join(d, "train.jsonl"), "w") as fh:
+        for l in lines:
+            fh.write(json.dumps(l) + "\n")
+    bad = [dict(l) for l in lines[:4]]
+    bad[2]["thoughts_list"] = "not a list"
+    with open(os.path.join(d, "bad.jsonl"), "w") as fh:
+        for l in bad:
+            fh.write(json.dumps(l) + "\n")
+
+
 if __name__ == "__main__":
+    tiny_task()
     schedules()
     adamw()
     step_fixture("llama")

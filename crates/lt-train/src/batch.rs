@@ -17,9 +17,17 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     /// Collate `rows` with `lt_data::collate` (masks built in parallel).
-    pub fn from_rows(rows: &[BuiltRow], flags: &MaskFlags, pad: PadTo, pad_id: i64) -> Result<Self> {
+    pub fn from_rows(
+        rows: &[BuiltRow],
+        flags: &MaskFlags,
+        pad: PadTo,
+        pad_id: i64,
+    ) -> Result<Self> {
         let batch = lt_data::collate(rows, flags, pad, pad_id)?;
-        Ok(Self { batch, real_tokens: rows.iter().map(BuiltRow::len).sum() })
+        Ok(Self {
+            batch,
+            real_tokens: rows.iter().map(BuiltRow::len).sum(),
+        })
     }
 
     /// Wrap an already collated batch (real tokens = all `batch * seq_len` positions).
@@ -40,7 +48,10 @@ impl TrainBatch {
         let shape = [b.batch as i64, b.seq_len as i64];
         let check = |n: usize, what: &str| {
             if n != b.batch * b.seq_len {
-                Err(TrainError::Data(format!("batch {what} has {n} values, expected {}", b.batch * b.seq_len)))
+                Err(TrainError::Data(format!(
+                    "batch {what} has {n} values, expected {}",
+                    b.batch * b.seq_len
+                )))
             } else {
                 Ok(())
             }
@@ -53,7 +64,11 @@ impl TrainBatch {
             None => None,
             Some(ms) => {
                 if ms.len() != b.batch {
-                    return Err(TrainError::Data(format!("{} masks for {} rows", ms.len(), b.batch)));
+                    return Err(TrainError::Data(format!(
+                        "{} masks for {} rows",
+                        ms.len(),
+                        b.batch
+                    )));
                 }
                 let mut bytes = Vec::with_capacity(b.batch * b.seq_len * b.seq_len);
                 for m in ms {
@@ -162,7 +177,16 @@ impl RowsSource {
         if let Some(i) = samples.iter().position(|s| s.is_empty()) {
             return Err(TrainError::Data(format!("sample {i} has no rows")));
         }
-        Ok(Self { samples, micro_batch_size, flags, pad, pad_id, seed, shuffle, cached_epoch: None })
+        Ok(Self {
+            samples,
+            micro_batch_size,
+            flags,
+            pad,
+            pad_id,
+            seed,
+            shuffle,
+            cached_epoch: None,
+        })
     }
 
     /// Number of samples.
@@ -180,7 +204,8 @@ impl RowsSource {
         if self.cached_epoch.as_ref().map(|c| c.0) != Some(epoch) {
             let mut idx: Vec<usize> = (0..self.samples.len()).collect();
             if self.shuffle {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64));
+                let mut rng =
+                    rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64));
                 idx.shuffle(&mut rng);
             }
             self.cached_epoch = Some((epoch, idx));
@@ -199,13 +224,23 @@ impl DataSource for RowsSource {
         let order = self.order(epoch).to_vec();
         let lo = index * mbs;
         if lo >= order.len() {
-            return Err(TrainError::Data(format!("micro-batch {index} is past the end of epoch {epoch}")));
+            return Err(TrainError::Data(format!(
+                "micro-batch {index} is past the end of epoch {epoch}"
+            )));
         }
         let picked = &order[lo..(lo + mbs).min(order.len())];
-        let width = picked.iter().map(|&i| self.samples[i].len()).max().unwrap_or(1);
+        let width = picked
+            .iter()
+            .map(|&i| self.samples[i].len())
+            .max()
+            .unwrap_or(1);
         let mut rows = Vec::with_capacity(picked.len() * width);
         for k in 0..width {
-            rows.extend(picked.iter().filter_map(|&i| self.samples[i].get(k).cloned()));
+            rows.extend(
+                picked
+                    .iter()
+                    .filter_map(|&i| self.samples[i].get(k).cloned()),
+            );
         }
         TrainBatch::from_rows(&rows, &self.flags, self.pad, self.pad_id)
     }

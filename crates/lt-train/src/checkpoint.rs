@@ -51,21 +51,33 @@ pub struct RngState {
 
 /// Write `bytes` to `path` atomically (temp file in the same directory + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| TrainError::Json { path: path.into(), source: e })?;
+    let s = serde_json::to_string_pretty(v).map_err(|e| TrainError::Json {
+        path: path.into(),
+        source: e,
+    })?;
     write_atomic(path, s.as_bytes())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&s).map_err(|e| TrainError::Json { path: path.into(), source: e })
+    serde_json::from_str(&s).map_err(|e| TrainError::Json {
+        path: path.into(),
+        source: e,
+    })
 }
 
 /// The directory name of the checkpoint after `step` optimizer steps.
@@ -94,7 +106,13 @@ pub fn save_checkpoint(
     model.save_hf(&tmp, dtype)?;
     opt.save(&tmp.join(OPTIMIZER))?;
     write_json(&tmp.join(SCHEDULER), schedule)?;
-    write_json(&tmp.join(RNG_STATE), &RngState { seed: state.seed, epoch: state.epoch })?;
+    write_json(
+        &tmp.join(RNG_STATE),
+        &RngState {
+            seed: state.seed,
+            epoch: state.epoch,
+        },
+    )?;
     for (name, v) in extra {
         write_json(&tmp.join(name), v)?;
     }
@@ -111,7 +129,9 @@ pub fn save_checkpoint(
 
 /// All complete checkpoints under `out` (those with a `trainer_state.json`), sorted by step.
 pub fn list_checkpoints(out: &Path) -> Vec<(usize, PathBuf)> {
-    let Ok(rd) = std::fs::read_dir(out) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
     let mut v: Vec<(usize, PathBuf)> = rd
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -141,7 +161,10 @@ pub fn load_weights_into(model: &Model, dir: &Path) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| TrainError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && p.file_name().is_some_and(|n| n != OPTIMIZER))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "safetensors")
+                && p.file_name().is_some_and(|n| n != OPTIMIZER)
+        })
         .collect();
     files.sort();
     let mut map = std::collections::HashMap::new();
@@ -158,7 +181,11 @@ pub fn load_weights_into(model: &Model, dir: &Path) -> Result<()> {
             if t.size() != p.size() {
                 return Err(TrainError::checkpoint(
                     dir,
-                    format!("weight `{name}` has shape {:?}, the model {:?}", t.size(), p.size()),
+                    format!(
+                        "weight `{name}` has shape {:?}, the model {:?}",
+                        t.size(),
+                        p.size()
+                    ),
                 ));
             }
             p.f_copy_(t)?;

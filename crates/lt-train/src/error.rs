@@ -79,15 +79,24 @@ pub enum TrainError {
 impl TrainError {
     /// Shorthand for [`TrainError::Config`].
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Config { field: field.into(), message: message.into() }
+        Self::Config {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     /// Shorthand for [`TrainError::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// Shorthand for [`TrainError::Checkpoint`].
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::Checkpoint { path: path.into(), message: message.into() }
+        Self::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

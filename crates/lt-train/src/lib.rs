@@ -27,6 +27,7 @@
 
 mod batch;
 pub mod checkpoint;
+mod data;
 mod error;
 mod loss;
 mod metrics;
@@ -35,13 +36,14 @@ mod schedule;
 mod trainer;
 
 pub use batch::{DataSource, DeviceBatch, FnSource, RowsSource, TrainBatch};
-pub use checkpoint::{TrainerState, write_atomic};
+pub use checkpoint::{write_atomic, TrainerState};
+pub use data::{prepare_data, PreparedData};
 pub use error::{Result, TrainError};
 pub use loss::{count_labels, selected_ce_sum, shifted_ce_sum, window_loss, IGNORE_INDEX};
 pub use metrics::{append_metrics, loss_curve_svg, read_metrics, StepMetrics};
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{warmup_steps, Schedule, SchedulerKind};
 pub use trainer::{
-    holds_run, micro_batch_ce_sum, prepare_output_dir, train, train_with, Control, SaveDtype, TrainConfig,
-    TrainReport, LOSS_CURVE_FILE, METRICS_FILE,
+    holds_run, micro_batch_ce_sum, prepare_output_dir, train, train_with, Control, SaveDtype,
+    TrainConfig, TrainReport, LOSS_CURVE_FILE, METRICS_FILE,
 };

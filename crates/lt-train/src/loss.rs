@@ -30,16 +30,31 @@ pub fn shifted_ce_sum(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         return Ok(logits.f_sum(Kind::Float)?.f_mul_scalar(0.0)?);
     }
     let logits = logits.f_to_kind(Kind::Float)?;
-    let shift_logits = logits.f_narrow(1, 0, t - 1)?.f_contiguous()?.f_view([-1, v])?;
+    let shift_logits = logits
+        .f_narrow(1, 0, t - 1)?
+        .f_contiguous()?
+        .f_view([-1, v])?;
     let shift_labels = labels.f_narrow(1, 1, t - 1)?.f_contiguous()?.f_view([-1])?;
-    Ok(shift_logits.f_cross_entropy_loss::<Tensor>(&shift_labels, None, Reduction::Sum, IGNORE_INDEX, 0.0)?)
+    Ok(shift_logits.f_cross_entropy_loss::<Tensor>(
+        &shift_labels,
+        None,
+        Reduction::Sum,
+        IGNORE_INDEX,
+        0.0,
+    )?)
 }
 
 /// Cross-entropy sum of the rows selected by `index` of `hidden [N, H]` projected by
 /// `lm_head_weight [V, H]`, against `targets [N]`: the same value as [`shifted_ce_sum`] when
 /// `hidden`/`targets` are the labelled predecessor positions, without materialising `[B, T, V]`.
-pub fn selected_ce_sum(hidden: &Tensor, lm_head_weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = hidden.f_matmul(&lm_head_weight.f_tr()?)?.f_to_kind(Kind::Float)?;
+pub fn selected_ce_sum(
+    hidden: &Tensor,
+    lm_head_weight: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    let logits = hidden
+        .f_matmul(&lm_head_weight.f_tr()?)?
+        .f_to_kind(Kind::Float)?;
     Ok(logits.f_cross_entropy_loss::<Tensor>(targets, None, Reduction::Sum, IGNORE_INDEX, 0.0)?)
 }
 
@@ -48,5 +63,9 @@ pub fn selected_ce_sum(hidden: &Tensor, lm_head_weight: &Tensor, targets: &Tenso
 pub fn window_loss(ce_sum: &Tensor, n_window: usize, extra_scale: f64) -> Result<Tensor> {
     let denom = n_window.max(1) as f64;
     let l = ce_sum.f_div_scalar(denom)?;
-    Ok(if extra_scale != 1.0 { l.f_mul_scalar(extra_scale)? } else { l })
+    Ok(if extra_scale != 1.0 {
+        l.f_mul_scalar(extra_scale)?
+    } else {
+        l
+    })
 }

@@ -34,21 +34,30 @@ pub fn append_metrics(path: &Path, m: &StepMetrics) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| TrainError::io(path, e))?;
-    let line = serde_json::to_string(m).map_err(|e| TrainError::Json { path: path.into(), source: e })?;
+    let line = serde_json::to_string(m).map_err(|e| TrainError::Json {
+        path: path.into(),
+        source: e,
+    })?;
     writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
 }
 
 /// Read a metrics file (blank or truncated trailing lines, as after a kill, are skipped).
 pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Rewrite `path` atomically with the given lines.
 pub fn write_metrics(path: &Path, lines: &[StepMetrics]) -> Result<()> {
     let mut s = String::new();
     for m in lines {
-        let line = serde_json::to_string(m).map_err(|e| TrainError::Json { path: path.into(), source: e })?;
+        let line = serde_json::to_string(m).map_err(|e| TrainError::Json {
+            path: path.into(),
+            source: e,
+        })?;
         s.push_str(&line);
         s.push('\n');
     }
@@ -64,15 +73,38 @@ pub fn write_metrics(path: &Path, lines: &[StepMetrics]) -> Result<()> {
 pub fn loss_curve_svg(points: &[(usize, f64)], title: &str) -> String {
     let (w, h) = (720.0_f64, 420.0_f64);
     let (ml, mr, mt, mb) = (70.0, 20.0, 40.0, 50.0);
-    let pts: Vec<(f64, f64)> =
-        points.iter().filter(|(_, l)| l.is_finite()).map(|&(s, l)| (s as f64, l)).collect();
-    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (x0, x1) = if pts.is_empty() { (0.0, 1.0) } else if x1 > x0 { (x0, x1) } else { (x0 - 1.0, x1 + 1.0) };
-    let (y0, y1) = if pts.is_empty() { (0.0, 1.0) } else if y1 > y0 { (y0, y1) } else { (y0 - 1.0, y1 + 1.0) };
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(_, l)| l.is_finite())
+        .map(|&(s, l)| (s as f64, l))
+        .collect();
+    let (x0, x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x0, x1) = if pts.is_empty() {
+        (0.0, 1.0)
+    } else if x1 > x0 {
+        (x0, x1)
+    } else {
+        (x0 - 1.0, x1 + 1.0)
+    };
+    let (y0, y1) = if pts.is_empty() {
+        (0.0, 1.0)
+    } else if y1 > y0 {
+        (y0, y1)
+    } else {
+        (y0 - 1.0, y1 + 1.0)
+    };
     let sx = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let sy = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -98,17 +130,31 @@ pub fn loss_curve_svg(points: &[(usize, f64)], title: &str) -> String {
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">optimizer step</text>\n<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">loss</text>\n",
         (ml + w - mr) / 2.0, h - 12.0, h / 2.0, h / 2.0
     );
-    let line = |p: &[(f64, f64)]| p.iter().map(|&(x, y)| format!("{:.2},{:.2}", sx(x), sy(y))).collect::<Vec<_>>().join(" ");
-    svg += &format!("<polyline fill=\"none\" stroke=\"#9ecae1\" stroke-width=\"1\" points=\"{}\"/>\n", line(&pts));
+    let line = |p: &[(f64, f64)]| {
+        p.iter()
+            .map(|&(x, y)| format!("{:.2},{:.2}", sx(x), sy(y)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    svg += &format!(
+        "<polyline fill=\"none\" stroke=\"#9ecae1\" stroke-width=\"1\" points=\"{}\"/>\n",
+        line(&pts)
+    );
     let k = (pts.len() / 20).max(1);
     let smooth: Vec<(f64, f64)> = (0..pts.len())
         .map(|i| {
             let lo = i.saturating_sub(k - 1);
             let win = &pts[lo..=i];
-            (pts[i].0, win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64)
+            (
+                pts[i].0,
+                win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64,
+            )
         })
         .collect();
-    svg += &format!("<polyline fill=\"none\" stroke=\"#08519c\" stroke-width=\"2\" points=\"{}\"/>\n", line(&smooth));
+    svg += &format!(
+        "<polyline fill=\"none\" stroke=\"#08519c\" stroke-width=\"2\" points=\"{}\"/>\n",
+        line(&smooth)
+    );
     svg += "</svg>\n";
     svg
 }

@@ -25,7 +25,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -128,10 +133,15 @@ impl AdamW {
     /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: scales every gradient by
     /// `min(max_norm / (total + 1e-6), 1)` and returns the pre-clip total norm.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
-        let Some(total) = self.total_norm()? else { return Ok(0.0) };
+        let Some(total) = self.total_norm()? else {
+            return Ok(0.0);
+        };
         tch::no_grad(|| -> Result<()> {
             // `max_norm / tensor` is `tensor.reciprocal() * max_norm` in PyTorch.
-            let coef = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?;
+            let coef = total
+                .f_add_scalar(1e-6)?
+                .f_reciprocal()?
+                .f_mul_scalar(max_norm)?;
             let coef = coef.f_clamp_max(1.0)?;
             for s in &mut self.slots {
                 let mut g = s.param.grad();
@@ -147,14 +157,23 @@ impl AdamW {
 
     /// One AdamW update with learning rate `lr`; parameters without a gradient are skipped.
     pub fn step(&mut self, lr: f64) -> Result<()> {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.cfg;
         tch::no_grad(|| -> Result<()> {
             for s in &mut self.slots {
                 let grad = s.param.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let grad = if grad.kind() == Kind::Float { grad } else { grad.f_to_kind(Kind::Float)? };
+                let grad = if grad.kind() == Kind::Float {
+                    grad
+                } else {
+                    grad.f_to_kind(Kind::Float)?
+                };
                 s.step += 1;
                 let target = s.master.as_mut().unwrap_or(&mut s.param);
                 if weight_decay != 0.0 {
@@ -171,7 +190,11 @@ impl AdamW {
                 let bias_correction2 = 1.0 - beta2.powf(step);
                 let step_size = lr / bias_correction1;
                 let bias_correction2_sqrt = bias_correction2.powf(0.5);
-                let denom = s.exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?.f_add_scalar(eps)?;
+                let denom = s
+                    .exp_avg_sq
+                    .f_sqrt()?
+                    .f_div_scalar(bias_correction2_sqrt)?
+                    .f_add_scalar(eps)?;
                 // param.addcdiv_(exp_avg, denom, value=-step_size): `self + value * t1 / t2`.
                 let num = s.exp_avg.f_mul_scalar(-step_size)?;
                 let _ = target.f_addcdiv_(&num, &denom)?;
@@ -189,7 +212,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(self.slots.len() * 2 + 1);
         for s in &self.slots {
             out.push((format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
             if let Some(m) = &s.master {
                 out.push((format!("master.{}", s.name), m.shallow_clone()));
             }
@@ -216,7 +242,9 @@ impl AdamW {
         let bad = |m: String| TrainError::checkpoint(path, m);
         let map: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(path)?.into_iter().collect();
-        let steps = map.get("__steps__").ok_or_else(|| bad("missing `__steps__`".into()))?;
+        let steps = map
+            .get("__steps__")
+            .ok_or_else(|| bad("missing `__steps__`".into()))?;
         let steps: Vec<i64> = Vec::<i64>::try_from(steps)?;
         if steps.len() != self.slots.len() {
             return Err(bad(format!(
@@ -230,7 +258,9 @@ impl AdamW {
                 let shape = s.exp_avg.size();
                 let get = |k: &str| -> Result<Tensor> {
                     let key = format!("{k}.{}", s.name);
-                    let t = map.get(&key).ok_or_else(|| bad(format!("missing `{key}`")))?;
+                    let t = map
+                        .get(&key)
+                        .ok_or_else(|| bad(format!("missing `{key}`")))?;
                     if t.size() != shape {
                         return Err(bad(format!(
                             "`{key}` has shape {:?}, the parameter {:?}",
@@ -241,7 +271,11 @@ impl AdamW {
                     Ok(t.shallow_clone())
                 };
                 let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
-                let master = if s.master.is_some() { Some(get("master")?) } else { None };
+                let master = if s.master.is_some() {
+                    Some(get("master")?)
+                } else {
+                    None
+                };
                 s.exp_avg.f_copy_(&m)?;
                 s.exp_avg_sq.f_copy_(&v)?;
                 if let Some(mt) = master {

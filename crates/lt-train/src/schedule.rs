@@ -28,7 +28,9 @@ impl FromStr for SchedulerKind {
             "linear" => Ok(Self::Linear),
             "cosine" => Ok(Self::Cosine),
             "constant" | "constant_with_warmup" => Ok(Self::Constant),
-            other => Err(format!("unknown lr scheduler `{other}` (expected linear, cosine or constant)")),
+            other => Err(format!(
+                "unknown lr scheduler `{other}` (expected linear, cosine or constant)"
+            )),
         }
     }
 }
@@ -80,7 +82,12 @@ pub struct Schedule {
 impl Schedule {
     /// A schedule over `total` optimizer steps with `warmup` warmup steps.
     pub fn new(kind: SchedulerKind, base_lr: f64, warmup: usize, total: usize) -> Self {
-        Self { kind, base_lr, warmup, total }
+        Self {
+            kind,
+            base_lr,
+            warmup,
+            total,
+        }
     }
 
     /// The lr multiplier at 0-based optimizer step `step` (HF's `lr_lambda`).

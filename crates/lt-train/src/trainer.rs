@@ -158,7 +158,11 @@ pub enum Control {
 }
 
 /// Train `model` on `data` (see [`train_with`]).
-pub fn train(cfg: &TrainConfig, model: &mut Model, data: &mut dyn DataSource) -> Result<TrainReport> {
+pub fn train(
+    cfg: &TrainConfig,
+    model: &mut Model,
+    data: &mut dyn DataSource,
+) -> Result<TrainReport> {
     train_with(cfg, model, data, &mut |_| Control::Continue)
 }
 
@@ -166,13 +170,19 @@ pub fn train(cfg: &TrainConfig, model: &mut Model, data: &mut dyn DataSource) ->
 fn validate(cfg: &TrainConfig) -> Result<()> {
     let bad = |f: &str, m: &str| TrainError::config(f, m);
     if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
-        return Err(bad("lr", &format!("must be a finite number >= 0, got {}", cfg.lr)));
+        return Err(bad(
+            "lr",
+            &format!("must be a finite number >= 0, got {}", cfg.lr),
+        ));
     }
     if cfg.gradient_accumulation_steps == 0 {
         return Err(bad("gradient_accumulation_steps", "must be at least 1"));
     }
     if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
-        return Err(bad("warmup_ratio", &format!("must be in [0, 1], got {}", cfg.warmup_ratio)));
+        return Err(bad(
+            "warmup_ratio",
+            &format!("must be in [0, 1], got {}", cfg.warmup_ratio),
+        ));
     }
     if cfg.max_steps == Some(0) {
         return Err(bad("max_steps", "must be at least 1"));
@@ -187,7 +197,10 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         return Err(bad("resume", "--resume and --overwrite exclude each other"));
     }
     if (cfg.resume || cfg.overwrite) && cfg.output_dir.is_none() {
-        return Err(bad("output_dir", "resume/overwrite need an output directory"));
+        return Err(bad(
+            "output_dir",
+            "resume/overwrite need an output directory",
+        ));
     }
     Ok(())
 }
@@ -282,14 +295,19 @@ pub fn train_with(
     let gas = cfg.gradient_accumulation_steps;
     let mb_per_epoch = data.micro_batches_per_epoch();
     if mb_per_epoch == Some(0) {
-        return Err(TrainError::Data("the data source has no micro-batches".into()));
+        return Err(TrainError::Data(
+            "the data source has no micro-batches".into(),
+        ));
     }
     let updates_per_epoch = mb_per_epoch.map(|n| (n / gas).max(1));
     let total = match (cfg.max_steps, updates_per_epoch) {
         (Some(m), _) => m,
         (None, Some(u)) => cfg.epochs * u,
         (None, None) => {
-            return Err(TrainError::config("max_steps", "an unbounded data source needs max_steps"))
+            return Err(TrainError::config(
+                "max_steps",
+                "an unbounded data source needs max_steps",
+            ))
         }
     };
     let warmup = warmup_steps(total, cfg.warmup_ratio, cfg.warmup_steps);
@@ -311,13 +329,19 @@ pub fn train_with(
         seed: cfg.seed,
         lt_train_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let mut report = TrainReport { max_steps: total, ..Default::default() };
+    let mut report = TrainReport {
+        max_steps: total,
+        ..Default::default()
+    };
 
     if cfg.resume {
         let out = out.as_ref().expect("validated");
-        let (step, dir) = checkpoint::list_checkpoints(out)
-            .pop()
-            .ok_or_else(|| TrainError::Resume(format!("no complete checkpoint-<step>/ in {}", out.display())))?;
+        let (step, dir) = checkpoint::list_checkpoints(out).pop().ok_or_else(|| {
+            TrainError::Resume(format!(
+                "no complete checkpoint-<step>/ in {}",
+                out.display()
+            ))
+        })?;
         let st = checkpoint::read_state(&dir)?;
         if st.max_steps != total || st.micro_batches_per_epoch != mb_per_epoch {
             return Err(TrainError::Resume(format!(
@@ -341,8 +365,10 @@ pub fn train_with(
         state = st;
         let mpath = out.join(METRICS_FILE);
         if mpath.exists() {
-            let kept: Vec<StepMetrics> =
-                metrics::read_metrics(&mpath)?.into_iter().filter(|m| m.step <= step).collect();
+            let kept: Vec<StepMetrics> = metrics::read_metrics(&mpath)?
+                .into_iter()
+                .filter(|m| m.step <= step)
+                .collect();
             metrics::write_metrics(&mpath, &kept)?;
         }
         report.resumed_from = Some(step);
@@ -350,15 +376,20 @@ pub fn train_with(
     }
     if let Some(out) = &out {
         let cfg_path = out.join("run_config.json");
-        let s = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Json { path: cfg_path.clone(), source: e })?;
+        let s = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Json {
+            path: cfg_path.clone(),
+            source: e,
+        })?;
         checkpoint::write_atomic(&cfg_path, s.as_bytes())?;
     }
 
     let pb = if cfg.progress {
         let pb = indicatif::ProgressBar::new(total as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         pb.set_position(state.global_step as u64);
         pb
@@ -369,14 +400,22 @@ pub fn train_with(
     opt.zero_grad();
     let mut last_saved = report.resumed_from;
     let mut steps_this_run = 0usize;
-    let save = |state: &TrainerState, opt: &AdamW, model: &Model, report: &mut TrainReport| -> Result<()> {
+    let save = |state: &TrainerState,
+                opt: &AdamW,
+                model: &Model,
+                report: &mut TrainReport|
+     -> Result<()> {
         if let Some(out) = &out {
-            let dir = checkpoint::save_checkpoint(out, model, save_kind, opt, &schedule, state, &[])?;
+            let dir =
+                checkpoint::save_checkpoint(out, model, save_kind, opt, &schedule, state, &[])?;
             let mpath = out.join(METRICS_FILE);
             if mpath.exists() {
                 let ms = metrics::read_metrics(&mpath)?;
                 let pts: Vec<(usize, f64)> = ms.iter().map(|m| (m.step, m.loss)).collect();
-                checkpoint::write_atomic(&out.join(LOSS_CURVE_FILE), metrics::loss_curve_svg(&pts, "training loss").as_bytes())?;
+                checkpoint::write_atomic(
+                    &out.join(LOSS_CURVE_FILE),
+                    metrics::loss_curve_svg(&pts, "training loss").as_bytes(),
+                )?;
             }
             tracing::info!(dir = %dir.display(), "checkpoint saved");
             report.checkpoints.push(dir);
@@ -403,20 +442,35 @@ pub fn train_with(
         }
         let n_window: usize = batches.iter().map(TrainBatch::n_labelled).sum();
         let tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
-        let extra = if cfg.deepspeed_gas_scale { 1.0 / gas as f64 } else { 1.0 };
+        let extra = if cfg.deepspeed_gas_scale {
+            1.0 / gas as f64
+        } else {
+            1.0
+        };
         let mut loss_value = 0.0f64;
         for b in &batches {
             let (ce_sum, _) = micro_batch_ce_sum(model, b)?;
             let l = loss::window_loss(&ce_sum, n_window, 1.0)?;
             loss_value += l.double_value(&[]);
-            let l = if extra != 1.0 { l.f_mul_scalar(extra)? } else { l };
+            let l = if extra != 1.0 {
+                l.f_mul_scalar(extra)?
+            } else {
+                l
+            };
             l.f_backward()?;
         }
         let step_index = state.global_step; // 0-based index of this update
         if !loss_value.is_finite() {
-            return Err(TrainError::NonFinite { what: "loss", step: step_index + 1 });
+            return Err(TrainError::NonFinite {
+                what: "loss",
+                step: step_index + 1,
+            });
         }
-        let grad_norm = if cfg.max_grad_norm > 0.0 { opt.clip_grad_norm(cfg.max_grad_norm)? } else { opt.grad_norm()? };
+        let grad_norm = if cfg.max_grad_norm > 0.0 {
+            opt.clip_grad_norm(cfg.max_grad_norm)?
+        } else {
+            opt.grad_norm()?
+        };
         let lr = schedule.lr_at(step_index);
         opt.step(lr)?;
         opt.zero_grad();
@@ -443,14 +497,23 @@ pub fn train_with(
         if let Some(out) = &out {
             metrics::append_metrics(&out.join(METRICS_FILE), &m)?;
         }
-        tracing::debug!(step = m.step, loss = m.loss, lr = m.lr, grad_norm = m.grad_norm, "step");
+        tracing::debug!(
+            step = m.step,
+            loss = m.loss,
+            lr = m.lr,
+            grad_norm = m.grad_norm,
+            "step"
+        );
         pb.set_position(state.global_step as u64);
         pb.set_message(format!("loss {:.4} lr {:.2e}", m.loss, m.lr));
         report.tokens += tokens as u64;
         let ctl = on_step(&m);
         report.metrics.push(m);
         if !grad_norm.is_finite() {
-            return Err(TrainError::NonFinite { what: "grad_norm", step: state.global_step });
+            return Err(TrainError::NonFinite {
+                what: "grad_norm",
+                step: state.global_step,
+            });
         }
 
         let epoch_done = mb_per_epoch.is_some_and(|n| state.next_micro_batch >= n);

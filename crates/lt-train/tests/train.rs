@@ -1,0 +1,394 @@
+//! End-to-end training on a tiny random model and the tiny arithmetic task
+//! (`tests/fixtures/tiny_task`, made by `scripts/lt_train_make_fixtures.py`).
+use lt_data::{BuildOptions, BuiltRow, Mode, PadTo, SourceVariant};
+use lt_mask::MaskFlags;
+use lt_model::{Device, Kind, Model, ModelConfig};
+use lt_train::{
+    prepare_data, read_metrics, train, Control, PreparedData, RowsSource, SchedulerKind,
+    TrainBatch, TrainConfig, TrainError,
+};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+fn task() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_task")
+}
+
+fn opts(mode: Mode, hybrid: bool) -> BuildOptions {
+    BuildOptions {
+        mode,
+        hybrid,
+        max_length: 128,
+        train_on_input: false,
+        flags: MaskFlags::default(),
+        output_compress_instruction: String::new(),
+        bos_token: "<|bos|>".into(),
+        eos_token: "<|eos|>".into(),
+    }
+}
+
+fn data(mode: Mode, hybrid: bool) -> PreparedData {
+    prepare_data(
+        &task().join("train.jsonl"),
+        &task().join("tokenizer.json"),
+        &task().join("compress.json"),
+        opts(mode, hybrid),
+    )
+    .unwrap()
+}
+
+fn model(vocab: usize, seed: i64) -> Model {
+    let cfg = ModelConfig::tiny_llama(vocab, 32, 2, 4, 2, 64);
+    Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap()
+}
+
+fn source(d: &PreparedData, mbs: usize, shuffle: bool) -> RowsSource {
+    RowsSource::new(
+        d.samples.clone(),
+        mbs,
+        MaskFlags::default(),
+        PadTo::Longest,
+        d.pad_id,
+        7,
+        shuffle,
+    )
+    .unwrap()
+}
+
+fn cfg() -> TrainConfig {
+    TrainConfig {
+        lr: 3e-3,
+        scheduler: SchedulerKind::Cosine,
+        warmup_steps: 2,
+        gradient_accumulation_steps: 1,
+        epochs: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn loss_falls_in_every_mode() {
+    for (mode, hybrid) in [
+        (Mode::Normal, false),
+        (Mode::Aug, false),
+        (Mode::AugWoPc, false),
+        (Mode::Recover, false),
+        (Mode::Aug, true),
+    ] {
+        let d = data(mode, hybrid);
+        if mode == Mode::Recover {
+            assert!(
+                d.samples.iter().any(|r| r[0].recover.is_some()),
+                "recover rows expected"
+            );
+        }
+        if hybrid {
+            assert!(d.samples.iter().all(|r| r.len() == 2));
+        }
+        let mut m = model(d.tokenizer.len(), 0);
+        let mut src = source(&d, 4, true);
+        let tc = TrainConfig {
+            max_steps: Some(40),
+            lr: 1e-2,
+            ..cfg()
+        };
+        let rep = train(&tc, &mut m, &mut src).unwrap();
+        let l: Vec<f64> = rep.metrics.iter().map(|m| m.loss).collect();
+        assert_eq!(l.len(), 40);
+        eprintln!("{mode} hybrid={hybrid}: {:.3} -> {:.3}", l[0], l[39]);
+        assert_eq!(rep.metrics[0].lr, 0.0, "first update uses lr 0");
+        let first = l[..3].iter().sum::<f64>() / 3.0;
+        let last = l[l.len() - 5..].iter().sum::<f64>() / 5.0;
+        assert!(
+            last < 0.5 * first,
+            "{mode} hybrid={hybrid}: loss {first:.3} -> {last:.3}"
+        );
+    }
+}
+
+fn params(m: &Model) -> Vec<(String, Tensor)> {
+    m.named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect()
+}
+
+#[test]
+fn accumulation_4x1_equals_1x4() {
+    let d = data(Mode::AugWoPc, false);
+    let tc = |gas| TrainConfig {
+        max_steps: Some(3),
+        gradient_accumulation_steps: gas,
+        lr: 1e-3,
+        ..cfg()
+    };
+    let mut a = model(d.tokenizer.len(), 3);
+    let ra = train(&tc(4), &mut a, &mut source(&d, 1, false)).unwrap();
+    let mut b = model(d.tokenizer.len(), 3);
+    let rb = train(&tc(1), &mut b, &mut source(&d, 4, false)).unwrap();
+    for (x, y) in ra.metrics.iter().zip(&rb.metrics) {
+        assert_eq!(x.labelled_tokens, y.labelled_tokens);
+        assert!(
+            (x.loss - y.loss).abs() < 1e-5,
+            "loss {} vs {}",
+            x.loss,
+            y.loss
+        );
+        assert!(
+            (x.grad_norm - y.grad_norm).abs() < 1e-4 * y.grad_norm.max(1.0),
+            "norm {} vs {}",
+            x.grad_norm,
+            y.grad_norm
+        );
+    }
+    for ((n, p), (_, q)) in params(&a).iter().zip(params(&b).iter()) {
+        let diff = (p - q).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{n}: {diff}");
+    }
+    // and they really trained
+    let fresh = model(d.tokenizer.len(), 3);
+    let moved = (params(&a)[0].1.copy() - params(&fresh)[0].1.copy())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(moved > 1e-4);
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn kill_and_resume_equals_uninterrupted() {
+    let d = data(Mode::AugWoPc, false);
+    // 24 samples / micro-batch 4 = 6 micro-batches, GAS 2 -> 3 steps per epoch, 3 epochs = 9 steps.
+    let base = TrainConfig {
+        gradient_accumulation_steps: 2,
+        epochs: 3,
+        warmup_ratio: 0.1,
+        warmup_steps: 0,
+        ..cfg()
+    };
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut m = model(d.tokenizer.len(), 0);
+    let full = train(
+        &TrainConfig {
+            output_dir: Some(full_dir.path().into()),
+            ..base.clone()
+        },
+        &mut m,
+        &mut source(&d, 4, true),
+    )
+    .unwrap();
+    assert_eq!(full.steps, 9);
+    let names: Vec<String> = full
+        .checkpoints
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["checkpoint-3", "checkpoint-6", "checkpoint-9"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = TrainConfig {
+        output_dir: Some(dir.path().into()),
+        ..base.clone()
+    };
+    let mut m1 = model(d.tokenizer.len(), 0);
+    // "killed" after step 5: checkpoint-3 exists, metrics has 5 lines
+    let part = train(
+        &TrainConfig {
+            halt_after: Some(5),
+            ..run.clone()
+        },
+        &mut m1,
+        &mut source(&d, 4, true),
+    )
+    .unwrap();
+    assert_eq!(part.steps, 5);
+    assert_eq!(
+        read_metrics(&dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .len(),
+        5
+    );
+    // a plain re-run refuses to clobber it
+    let mut m2 = model(d.tokenizer.len(), 99);
+    match train(&run, &mut m2, &mut source(&d, 4, true)) {
+        Err(TrainError::OutputExists(_)) => {}
+        other => panic!("expected OutputExists, got {other:?}"),
+    }
+    // resume into a model with different random weights: everything comes from checkpoint-3
+    let resumed = train(
+        &TrainConfig {
+            resume: true,
+            ..run.clone()
+        },
+        &mut m2,
+        &mut source(&d, 4, true),
+    )
+    .unwrap();
+    assert_eq!(resumed.resumed_from, Some(3));
+    assert_eq!(resumed.steps, 9);
+
+    let a = read_metrics(&full_dir.path().join("metrics.jsonl")).unwrap();
+    let b = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(a.len(), 9);
+    assert_eq!(b.len(), 9);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (
+                x.step,
+                x.loss.to_bits(),
+                x.lr.to_bits(),
+                x.grad_norm.to_bits()
+            ),
+            (
+                y.step,
+                y.loss.to_bits(),
+                y.lr.to_bits(),
+                y.grad_norm.to_bits()
+            )
+        );
+    }
+    let (wa, wb) = (
+        weights(&full_dir.path().join("checkpoint-9")),
+        weights(&dir.path().join("checkpoint-9")),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for ((n, x), (_, y)) in wa.iter().zip(&wb) {
+        assert!(x.equal(y), "weight {n} differs after resume");
+    }
+    let oa = Tensor::read_safetensors(full_dir.path().join("checkpoint-9/optimizer.safetensors"))
+        .unwrap();
+    let ob: std::collections::HashMap<_, _> =
+        Tensor::read_safetensors(dir.path().join("checkpoint-9/optimizer.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (n, x) in &oa {
+        assert!(x.equal(&ob[n]), "optimizer state {n} differs after resume");
+    }
+    assert!(dir.path().join("loss.svg").is_file());
+
+    // The checkpoint is an HF directory lt-model loads, with the in-memory model's logits.
+    let loaded = Model::load(dir.path().join("checkpoint-9"), Device::Cpu, Kind::Float).unwrap();
+    let ids = Tensor::from_slice(&[1i64, 20, 3, 21]).view([1, 4]);
+    let pos = Tensor::from_slice(&[0i64, 1, 2, 3]).view([1, 4]);
+    let _g = tch::no_grad_guard();
+    let la = loaded
+        .forward(
+            &ids,
+            &pos,
+            lt_model::AttnMask::Causal,
+            None,
+            lt_model::Logits::All,
+        )
+        .unwrap();
+    let lb = m2
+        .forward(
+            &ids,
+            &pos,
+            lt_model::AttnMask::Causal,
+            None,
+            lt_model::Logits::All,
+        )
+        .unwrap();
+    assert!(la.equal(&lb));
+}
+
+#[test]
+fn overwrite_replaces_a_run_and_callback_can_stop() {
+    let d = data(Mode::Normal, false);
+    let dir = tempfile::tempdir().unwrap();
+    let tc = TrainConfig {
+        output_dir: Some(dir.path().into()),
+        max_steps: Some(4),
+        ..cfg()
+    };
+    let mut m = model(d.tokenizer.len(), 0);
+    let mut seen = 0;
+    let r = lt_train::train_with(&tc, &mut m, &mut source(&d, 4, true), &mut |s| {
+        seen = s.step;
+        if s.step == 2 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    assert_eq!((r.steps, seen), (2, 2));
+    assert!(dir.path().join("checkpoint-2/config.json").is_file());
+    assert!(matches!(
+        train(&tc, &mut m, &mut source(&d, 4, true)),
+        Err(TrainError::OutputExists(_))
+    ));
+    let r = train(
+        &TrainConfig {
+            overwrite: true,
+            ..tc.clone()
+        },
+        &mut m,
+        &mut source(&d, 4, true),
+    )
+    .unwrap();
+    assert_eq!(r.steps, 4);
+    assert!(!dir.path().join("checkpoint-2").exists(), "old run removed");
+    let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        lines.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    for l in &lines {
+        assert!(l.tokens_per_s > 0.0 && l.grad_norm > 0.0 && l.loss > 0.0);
+    }
+}
+
+#[test]
+fn bad_train_line_is_named_before_training() {
+    let e = prepare_data(
+        &task().join("bad.jsonl"),
+        &task().join("tokenizer.json"),
+        &task().join("compress.json"),
+        opts(Mode::AugWoPc, false),
+    )
+    .unwrap_err();
+    match &e {
+        TrainError::DataLine { line, field, .. } => {
+            assert_eq!((*line, field.as_str()), (3, "thoughts_list"), "{e}")
+        }
+        other => panic!("expected DataLine, got {other:?}"),
+    }
+    assert!(e.to_string().contains("bad.jsonl:3"), "{e}");
+}
+
+#[test]
+fn window_without_labels_gives_zero_loss_not_nan() {
+    let row = BuiltRow {
+        input_ids: vec![1, 20, 21, 22],
+        labels: vec![-100; 4],
+        position_ids: None,
+        layout: None,
+        recover: None,
+        truncated: false,
+        hybrid_row: None,
+        source: SourceVariant::Normal,
+    };
+    let mut m = model(40, 0);
+    let mut src = lt_train::FnSource(|_, _| {
+        TrainBatch::from_rows(&[row.clone()], &MaskFlags::default(), PadTo::Longest, 2)
+    });
+    let r = train(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..cfg()
+        },
+        &mut m,
+        &mut src,
+    )
+    .unwrap();
+    for s in &r.metrics {
+        assert_eq!((s.loss, s.grad_norm, s.labelled_tokens), (0.0, 0.0, 0));
+    }
+}
