@@ -608,7 +608,7 @@ impl<'m> Generator<'m> {
             }
         }
         let kmax = lens.iter().max().copied().unwrap_or(0) + t;
-        let pad = self.cfg.eos_id.max(0);
+        let pad = 0i64; // any valid id: padding slots are hidden and evicted
         let mut ids = vec![pad; b * t];
         let mut pos = vec![0i64; b * t];
         for (r, p) in plans.iter().enumerate() {

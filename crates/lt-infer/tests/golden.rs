@@ -206,3 +206,47 @@ fn resume_after_interrupted_write() {
     assert_eq!((s.skipped, s.written), (3, 0));
     check_against_golden(name, &out);
 }
+
+/// Child half of [`resume_after_kill_9`]: runs the vanilla fixture into `$LT_INFER_CHILD_OUT`.
+#[test]
+#[ignore = "spawned by resume_after_kill_9"]
+fn resume_child() {
+    let Ok(out) = std::env::var("LT_INFER_CHILD_OUT") else { return };
+    let mut o = options("vanilla", Path::new(&out));
+    o.method = Method::Vanilla;
+    run::run(&o).unwrap();
+}
+
+/// `kill -9` the generating process at several moments, rerun: the file ends with every idx
+/// exactly once and equals the golden records.
+#[test]
+fn resume_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("killed.jsonl");
+    let exe = std::env::current_exe().unwrap();
+    let spawn = || {
+        std::process::Command::new(&exe)
+            .args(["--ignored", "--exact", "resume_child", "--test-threads", "1"])
+            .env("LT_INFER_CHILD_OUT", &out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut kills = 0;
+    for delay_ms in [150u64, 300, 450, 600, 750, 900] {
+        let mut child = spawn();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let n = std::fs::read_to_string(&out).map(|t| t.lines().count()).unwrap_or(0);
+        eprintln!("after {delay_ms} ms: {n} records");
+    }
+    let status = spawn().wait().unwrap();
+    assert!(status.success());
+    assert!(kills > 0, "no run was killed");
+    check_against_golden("vanilla", &out);
+}
