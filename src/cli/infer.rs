@@ -126,7 +126,9 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         _ => Method::LightThinker,
     };
     if !matches!(a.output_compress_instruction.as_str(), "None" | "") {
-        tracing::warn!("--output-compress-instruction is unused at inference (as in the reference)");
+        tracing::warn!(
+            "--output-compress-instruction is unused at inference (as in the reference)"
+        );
     }
     if a.rolling_rope {
         tracing::warn!("--rolling-rope true is NON-REFERENCE (the reference crashes): new tokens get position = cache length");
@@ -135,9 +137,16 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     let device = lt_model::device::parse_device(&a.device)?;
     let model_path = match &a.model_path {
         Some(p) if !p.as_os_str().is_empty() => p.clone(),
-        _ => a.root_dir.join("output").join(&a.model_tag).join(format!("checkpoint-{}", a.ckpt)),
+        _ => a
+            .root_dir
+            .join("output")
+            .join(&a.model_tag)
+            .join(format!("checkpoint-{}", a.ckpt)),
     };
-    let tokenizer_path = a.tokenizer_path.clone().unwrap_or_else(|| model_path.clone());
+    let tokenizer_path = a
+        .tokenizer_path
+        .clone()
+        .unwrap_or_else(|| model_path.clone());
     let datasets: Vec<Dataset> = match &a.dataset {
         Some(d) => vec![Dataset::parse(d).context("unknown dataset")?],
         None => Dataset::REFERENCE_ORDER.to_vec(),
@@ -145,16 +154,36 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     if datasets.len() > 1 && (a.data.is_some() || a.output.is_some()) {
         anyhow::bail!("--data / --output need --dataset");
     }
-    let vocab = run::Vocab::load(&tokenizer_path, &a.compress_config, &a.bos_token, &a.eos_token)
-        .with_context(|| format!("loading tokenizer {}", tokenizer_path.display()))?;
+    let vocab = run::Vocab::load(
+        &tokenizer_path,
+        &a.compress_config,
+        &a.bos_token,
+        &a.eos_token,
+    )
+    .with_context(|| format!("loading tokenizer {}", tokenizer_path.display()))?;
     tracing::info!(model = %model_path.display(), ?device, dtype = %a.dtype, "loading model");
     let model = lt_model::Model::load(&model_path, device, kind)
         .with_context(|| format!("loading model {}", model_path.display()))?;
-    let short = a.model_short_tag.clone().unwrap_or_else(|| a.model_tag.clone());
+    let short = a
+        .model_short_tag
+        .clone()
+        .unwrap_or_else(|| a.model_tag.clone());
     for ds in datasets {
-        let data = a.data.clone().unwrap_or_else(|| a.root_dir.join("data/eval").join(format!("{}.json", ds.name())));
+        let data = a.data.clone().unwrap_or_else(|| {
+            a.root_dir
+                .join("data/eval")
+                .join(format!("{}.json", ds.name()))
+        });
         let output = a.output.clone().unwrap_or_else(|| {
-            run::reference_output_path(&a.root_dir, &a.output_tag, ds, &a.ckpt, a.split_size, a.index, &short)
+            run::reference_output_path(
+                &a.root_dir,
+                &a.output_tag,
+                ds,
+                &a.ckpt,
+                a.split_size,
+                a.index,
+                &short,
+            )
         });
         let opts = InferOptions {
             model_path: model_path.clone(),
@@ -174,7 +203,11 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
             },
             rolling_rope: a.rolling_rope,
             compress_prompt: a.compress_prompt,
-            update: if a.update_attention_method == "global" { UpdateMethod::Global } else { UpdateMethod::Local },
+            update: if a.update_attention_method == "global" {
+                UpdateMethod::Global
+            } else {
+                UpdateMethod::Local
+            },
             split_size: a.split_size,
             index: a.index,
             dataset: ds,
@@ -185,8 +218,10 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
             batch_size: a.batch_size.max(1),
             progress: !a.no_progress,
             trace: false,
+            system_prompt: None,
         };
-        let s = run::run_with(&opts, &vocab, &model).with_context(|| format!("{} ({})", ds.name(), data.display()))?;
+        let s = run::run_with(&opts, &vocab, &model)
+            .with_context(|| format!("{} ({})", ds.name(), data.display()))?;
         tracing::info!(
             dataset = ds.name(),
             written = s.written,

@@ -15,7 +15,10 @@ use lt_mask::MaskFlags;
 use lt_model::{Device, Kind, Model, ModelConfig};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn gen_cfg(method: Method, vocab: usize, max_new: usize) -> GenConfig {
@@ -48,8 +51,15 @@ struct Row {
 fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize) -> Row {
     let vocab = m.config().vocab_size;
     let gen = Generator::new(m, gen_cfg(method, vocab, tokens));
-    let prompts: Vec<PromptInput> =
-        (0..batch).map(|i| PromptInput::plain((0..128).map(|j| ((i * 131 + j * 7) % 1000 + 1) as i64).collect())).collect();
+    let prompts: Vec<PromptInput> = (0..batch)
+        .map(|i| {
+            PromptInput::plain(
+                (0..128)
+                    .map(|j| ((i * 131 + j * 7) % 1000 + 1) as i64)
+                    .collect(),
+            )
+        })
+        .collect();
     let t0 = Instant::now();
     let gens = gen.generate_batch(&prompts, &mut ()).expect("generation");
     let seconds = t0.elapsed().as_secs_f64();
@@ -70,7 +80,16 @@ fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize) -> Ro
 fn report(rows: &[Row]) {
     println!(
         "{:<10} {:<13} {:>5} {:>7} {:>9} {:>11} {:>9} {:>10} {:>14} {:>6}",
-        "model", "method", "batch", "tokens", "total_s", "ms/token", "tok/s", "peak_tok", "peak_KV_bytes", "Dep"
+        "model",
+        "method",
+        "batch",
+        "tokens",
+        "total_s",
+        "ms/token",
+        "tok/s",
+        "peak_tok",
+        "peak_KV_bytes",
+        "Dep"
     );
     for r in rows {
         println!(
@@ -96,8 +115,12 @@ fn report(rows: &[Row]) {
                 "peak_kv_bytes": r.g.peak_kv_bytes, "dep": r.g.dep, "compressions": r.g.n_compress})
         })
         .collect();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lt-infer-bench.json");
-    let _ = std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default());
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lt-infer-bench.json");
+    let _ = std::fs::write(
+        path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
 }
 
 fn main() {
@@ -105,8 +128,18 @@ fn main() {
         Ok("cuda") => Device::Cuda(0),
         _ => Device::Cpu,
     };
-    let kind = if device == Device::Cpu { Kind::Float } else { Kind::BFloat16 };
-    let tiny = Model::random(&ModelConfig::tiny_qwen2(1024, 128, 4, 4, 2, 344), device, kind, 0).expect("tiny model");
+    let kind = if device == Device::Cpu {
+        Kind::Float
+    } else {
+        Kind::BFloat16
+    };
+    let tiny = Model::random(
+        &ModelConfig::tiny_qwen2(1024, 128, 4, 4, 2, 344),
+        device,
+        kind,
+        0,
+    )
+    .expect("tiny model");
     let n = env("LT_BENCH_TOKENS", 4096);
     let bs = env("LT_BENCH_BATCH", 8);
     let mut rows = Vec::new();
@@ -119,7 +152,8 @@ fn main() {
     }
     let n05 = env("LT_BENCH_05B_TOKENS", 256);
     if n05 > 0 {
-        let big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0).expect("0.5B-shaped model");
+        let big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
+            .expect("0.5B-shaped model");
         for method in [Method::Vanilla, Method::LightThinker] {
             rows.push(run(&big, "qwen0.5b", method, n05, 1));
         }
@@ -131,7 +165,9 @@ fn main() {
     for method in [Method::Vanilla, Method::LightThinker] {
         let gen = Generator::new(&tiny, gen_cfg(method, 1024, 128));
         let prompt = PromptInput::plain((1..129).collect());
-        c.bench_function(&format!("tiny_{method:?}_128_tokens"), |b| b.iter(|| gen.generate(&prompt).expect("gen")));
+        c.bench_function(&format!("tiny_{method:?}_128_tokens"), |b| {
+            b.iter(|| gen.generate(&prompt).expect("gen"))
+        });
     }
     c.final_summary();
 }

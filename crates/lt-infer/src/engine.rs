@@ -114,7 +114,11 @@ pub struct PromptInput {
 impl PromptInput {
     /// A plain (uncompressed) prompt.
     pub fn plain(ids: Vec<i64>) -> Self {
-        PromptInput { record_ids: ids.clone(), ids, spans: Vec::new() }
+        PromptInput {
+            record_ids: ids.clone(),
+            ids,
+            spans: Vec::new(),
+        }
     }
 }
 
@@ -237,12 +241,18 @@ impl Seq {
     }
 
     fn global_flags(cfg: &GenConfig) -> MaskFlags {
-        MaskFlags { exclude_continue: false, ..cfg.flags }
+        MaskFlags {
+            exclude_continue: false,
+            ..cfg.flags
+        }
     }
 
     /// Rows of the whole-sequence mask for the last `q` fed tokens, restricted to the cached slots.
     fn global_rows(&self, cfg: &GenConfig, q: usize) -> Result<Vec<Row>, InferError> {
-        let layout = Layout { len: self.whole_len, blocks: self.blocks.clone() };
+        let layout = Layout {
+            len: self.whole_len,
+            blocks: self.blocks.clone(),
+        };
         let gm = lt_mask::global_mask(&layout, &Self::global_flags(cfg), None)
             .map_err(|e| InferError::Mask(e.to_string()))?;
         let cols = self.slot_whole.len();
@@ -258,7 +268,11 @@ impl Seq {
         Ok(rows)
     }
 
-    fn plan_prefill(&mut self, cfg: &GenConfig, prompt: &PromptInput) -> Result<Planned, InferError> {
+    fn plan_prefill(
+        &mut self,
+        cfg: &GenConfig,
+        prompt: &PromptInput,
+    ) -> Result<Planned, InferError> {
         let p = prompt.ids.len();
         if p == 0 {
             return Err(InferError::EmptyPrompt);
@@ -287,8 +301,15 @@ impl Seq {
         };
         self.max_token = p;
         let mut evict: Vec<Range<usize>> = prompt.spans.iter().map(|s| s.text.clone()).collect();
-        evict.sort_by(|a, b| b.start.cmp(&a.start));
-        Ok(Planned { cache_len: 0, ids: prompt.ids.clone(), positions, rows, causal, evict })
+        evict.sort_by_key(|r| std::cmp::Reverse(r.start));
+        Ok(Planned {
+            cache_len: 0,
+            ids: prompt.ids.clone(),
+            positions,
+            rows,
+            causal,
+            evict,
+        })
     }
 
     fn finish(&mut self, stop: StopReason, push_pred: bool, t0: Instant) {
@@ -333,20 +354,38 @@ impl Seq {
             let w = self.whole_len; // whole index of `pred`
             match (cfg.method, cfg.level) {
                 (Method::Anllm, Level::Sentence) => {
-                    ind = Some(Indicator { text_start: ls, text_end: l, comp_start: l, comp_end: l + 1, n_continue: 0 });
+                    ind = Some(Indicator {
+                        text_start: ls,
+                        text_end: l,
+                        comp_start: l,
+                        comp_end: l + 1,
+                        n_continue: 0,
+                    });
                     evict.push(ls..l);
                     block = Some((lw, w, 1, 0));
                 }
                 (Method::Anllm, Level::Token { .. }) => {
                     ids.extend_from_slice(&cfg.comp_ids);
-                    ind = Some(Indicator { text_start: ls, text_end: l + 1, comp_start: l + 1, comp_end: l + 1 + c, n_continue: 0 });
+                    ind = Some(Indicator {
+                        text_start: ls,
+                        text_end: l + 1,
+                        comp_start: l + 1,
+                        comp_end: l + 1 + c,
+                        n_continue: 0,
+                    });
                     evict.push(ls..l + 1);
                     block = Some((lw, w + 1, c, 0));
                 }
                 _ => {
                     ids.extend_from_slice(&cfg.comp_ids);
                     ids.push(cfg.continue_id);
-                    ind = Some(Indicator { text_start: ls, text_end: l + 1, comp_start: l + 1, comp_end: l + 1 + c, n_continue: 1 });
+                    ind = Some(Indicator {
+                        text_start: ls,
+                        text_end: l + 1,
+                        comp_start: l + 1,
+                        comp_end: l + 1 + c,
+                        n_continue: 1,
+                    });
                     evict.push(ls..l + 1);
                     block = Some((lw, w + 1, c, 1));
                 }
@@ -370,7 +409,14 @@ impl Seq {
         self.slot_whole.extend(self.whole_len..self.whole_len + q);
         self.whole_len += q;
         if let Some((start, end, n_comp, n_continue)) = block {
-            self.blocks.push(ThoughtBlock { start, end, l_inst: 0, n_comp, n_continue, kind: BlockKind::Output });
+            self.blocks.push(ThoughtBlock {
+                start,
+                end,
+                l_inst: 0,
+                n_comp,
+                n_continue,
+                kind: BlockKind::Output,
+            });
         }
         let rows = match cfg.update {
             UpdateMethod::Local => local_mask(l, q, ind.as_ref(), &cfg.flags),
@@ -379,7 +425,14 @@ impl Seq {
         let causal = ind.is_none() && q == 1 && rows[0] == [(0, l as u32 + 1)];
         self.max_token = self.max_token.max(l + q);
         self.dep += row_count(&rows[0]) as u64;
-        Ok(Some(Planned { cache_len: l, ids, positions, rows, causal, evict }))
+        Ok(Some(Planned {
+            cache_len: l,
+            ids,
+            positions,
+            rows,
+            causal,
+            evict,
+        }))
     }
 
     /// Apply the planned evictions to the bookkeeping and take the next prediction.
@@ -410,7 +463,11 @@ impl Seq {
                 input_ids: planned.ids.clone(),
                 position_ids: (!plain_prefill).then(|| planned.positions.clone()),
                 mask: (!plain_prefill).then(|| planned.rows.clone()),
-                evict: planned.evict.first().filter(|_| !prefill).map(|r| (r.start, r.end)),
+                evict: planned
+                    .evict
+                    .first()
+                    .filter(|_| !prefill)
+                    .map(|r| (r.start, r.end)),
                 pred,
             });
         }
@@ -511,7 +568,11 @@ impl<'m> Generator<'m> {
     /// Bytes of K+V per cached token of one sequence.
     pub fn slot_bytes(&self) -> usize {
         let c = self.model.config();
-        c.num_hidden_layers * 2 * c.kv_heads() * c.head_dim() * self.model.kind().elt_size_in_bytes()
+        c.num_hidden_layers
+            * 2
+            * c.kv_heads()
+            * c.head_dim()
+            * self.model.kind().elt_size_in_bytes()
     }
 
     /// Generate one sequence (batch 1).
@@ -522,15 +583,28 @@ impl<'m> Generator<'m> {
 
     /// Generate several sequences in one batch; each compresses and evicts on its own schedule
     /// and the outputs equal [`Generator::generate`] of each prompt.
-    pub fn generate_batch(&self, prompts: &[PromptInput], progress: &mut dyn Progress) -> Result<Vec<Generation>, InferError> {
+    pub fn generate_batch(
+        &self,
+        prompts: &[PromptInput],
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Generation>, InferError> {
         Ok(self.drive(prompts, None, false, progress)?.0)
     }
 
     /// Teacher-forced run (batch 1): feed `script` as the model's predictions (the first entry is
     /// the token after the prefill; after the script the EOS id is "predicted") and return the
     /// logits of every fed row of every forward (`[q, vocab]` each; the prefill first).
-    pub fn run_scripted(&self, prompt: &PromptInput, script: &[i64]) -> Result<(Generation, StepLogits), InferError> {
-        let (mut g, mut l) = self.drive(std::slice::from_ref(prompt), Some(&[script.to_vec()]), true, &mut ())?;
+    pub fn run_scripted(
+        &self,
+        prompt: &PromptInput,
+        script: &[i64],
+    ) -> Result<(Generation, StepLogits), InferError> {
+        let (mut g, mut l) = self.drive(
+            std::slice::from_ref(prompt),
+            Some(&[script.to_vec()]),
+            true,
+            &mut (),
+        )?;
         Ok((g.remove(0), l.remove(0)))
     }
 
@@ -551,8 +625,9 @@ impl<'m> Generator<'m> {
             return Ok((Vec::new(), Vec::new()));
         }
         let _g = tch::no_grad_guard();
-        let mut seqs: Vec<Seq> =
-            (0..b).map(|i| Seq::new(scripts.and_then(|s| s.get(i).cloned()))).collect();
+        let mut seqs: Vec<Seq> = (0..b)
+            .map(|i| Seq::new(scripts.and_then(|s| s.get(i).cloned())))
+            .collect();
         let mut logits_out: Vec<StepLogits> = (0..b).map(|_| Vec::new()).collect();
         let max_p = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         let cap = max_p + cfg.max_new_tokens.min(4096) + cfg.n_comp() + 4;
@@ -563,10 +638,19 @@ impl<'m> Generator<'m> {
             .zip(prompts)
             .map(|(s, p)| s.plan_prefill(cfg, p).map(Some))
             .collect::<Result<_, _>>()?;
-        self.step(&mut cache, &mut seqs, plans, true, keep_logits, &mut logits_out)?;
+        self.step(
+            &mut cache,
+            &mut seqs,
+            plans,
+            true,
+            keep_logits,
+            &mut logits_out,
+        )?;
         loop {
-            let plans: Vec<Option<Planned>> =
-                seqs.iter_mut().map(|s| s.plan(cfg, t0)).collect::<Result<_, _>>()?;
+            let plans: Vec<Option<Planned>> = seqs
+                .iter_mut()
+                .map(|s| s.plan(cfg, t0))
+                .collect::<Result<_, _>>()?;
             let active = plans.iter().filter(|p| p.is_some()).count();
             let before: usize = seqs.iter().map(|s| s.n_compress).sum();
             let finished_before = seqs.iter().filter(|s| s.stop.is_some()).count();
@@ -574,13 +658,27 @@ impl<'m> Generator<'m> {
                 progress.step(0, 0, 0, finished_before);
                 break;
             }
-            self.step(&mut cache, &mut seqs, plans, false, keep_logits, &mut logits_out)?;
+            self.step(
+                &mut cache,
+                &mut seqs,
+                plans,
+                false,
+                keep_logits,
+                &mut logits_out,
+            )?;
             let after: usize = seqs.iter().map(|s| s.n_compress).sum();
-            let kv: usize = seqs.iter().filter(|s| s.stop.is_none()).map(|s| s.slot_pos.len()).sum();
+            let kv: usize = seqs
+                .iter()
+                .filter(|s| s.stop.is_none())
+                .map(|s| s.slot_pos.len())
+                .sum();
             progress.step(active, after - before, kv, 0);
         }
         let slot_bytes = self.slot_bytes();
-        let gens = seqs.into_iter().map(|s| s.into_generation(slot_bytes, cfg.trace)).collect();
+        let gens = seqs
+            .into_iter()
+            .map(|s| s.into_generation(slot_bytes, cfg.trace))
+            .collect();
         Ok((gens, logits_out))
     }
 
@@ -595,7 +693,12 @@ impl<'m> Generator<'m> {
         logits_out: &mut [StepLogits],
     ) -> Result<(), InferError> {
         let b = seqs.len();
-        let t = plans.iter().flatten().map(|p| p.ids.len()).max().unwrap_or(0);
+        let t = plans
+            .iter()
+            .flatten()
+            .map(|p| p.ids.len())
+            .max()
+            .unwrap_or(0);
         if t == 0 {
             return Ok(());
         }
@@ -603,7 +706,11 @@ impl<'m> Generator<'m> {
         for (r, p) in plans.iter().enumerate() {
             if let Some(p) = p {
                 if p.cache_len != lens[r] {
-                    return Err(InferError::CacheMismatch { row: r, expected: p.cache_len, found: lens[r] });
+                    return Err(InferError::CacheMismatch {
+                        row: r,
+                        expected: p.cache_len,
+                        found: lens[r],
+                    });
                 }
             }
         }
@@ -623,8 +730,12 @@ impl<'m> Generator<'m> {
             }
         }
         let dev = self.model.device();
-        let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(dev);
-        let pos_t = Tensor::from_slice(&pos).view([b as i64, t as i64]).to_device(dev);
+        let ids_t = Tensor::from_slice(&ids)
+            .view([b as i64, t as i64])
+            .to_device(dev);
+        let pos_t = Tensor::from_slice(&pos)
+            .view([b as i64, t as i64])
+            .to_device(dev);
         let all_full = b == 1 && plans[0].as_ref().is_some_and(|p| p.causal);
         let mask_t;
         let mask = if all_full {
@@ -642,15 +753,32 @@ impl<'m> Generator<'m> {
                     }
                 }
             }
-            mask_t = Tensor::from_slice(&dense).view([b as i64, 1, t as i64, kmax as i64]).to_device(dev);
+            mask_t = Tensor::from_slice(&dense)
+                .view([b as i64, 1, t as i64, kmax as i64])
+                .to_device(dev);
             AttnMask::Bool(&mask_t)
         };
-        let uniform_q = plans.iter().all(|p| p.as_ref().is_some_and(|p| p.ids.len() == t));
-        let mode = if keep_logits || !uniform_q { Logits::All } else { Logits::Last };
-        let logits = self.model.forward(&ids_t, &pos_t, mask, Some(cache), mode)?;
+        let uniform_q = plans
+            .iter()
+            .all(|p| p.as_ref().is_some_and(|p| p.ids.len() == t));
+        let mode = if keep_logits || !uniform_q {
+            Logits::All
+        } else {
+            Logits::Last
+        };
+        let logits = self
+            .model
+            .forward(&ids_t, &pos_t, mask, Some(cache), mode)?;
         // logits: [B, T, V] (All) or [B, V] / [B, 1, V] (Last)
-        let logits = if logits.dim() == 2 { logits.unsqueeze(1) } else { logits };
-        let am = logits.argmax(-1, false).to_device(tch::Device::Cpu).to_kind(Kind::Int64);
+        let logits = if logits.dim() == 2 {
+            logits.unsqueeze(1)
+        } else {
+            logits
+        };
+        let am = logits
+            .argmax(-1, false)
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Int64);
         let am: Vec<i64> = Vec::<i64>::try_from(am.flatten(0, -1))?;
         let tl = logits.size()[1] as usize;
         for (r, p) in plans.into_iter().enumerate() {
@@ -670,11 +798,21 @@ impl<'m> Generator<'m> {
             let idx = if tl == 1 { 0 } else { q - 1 };
             let pred = am[r * tl + idx];
             if keep_logits {
-                logits_out[r].push(logits.get(r as i64).narrow(0, 0, q as i64).to_kind(Kind::Float).to_device(tch::Device::Cpu));
+                logits_out[r].push(
+                    logits
+                        .get(r as i64)
+                        .narrow(0, 0, q as i64)
+                        .to_kind(Kind::Float)
+                        .to_device(tch::Device::Cpu),
+                );
             }
             seqs[r].commit(&self.cfg, p, pred, prefill);
             if cache.row_len(r) != seqs[r].slot_pos.len() {
-                return Err(InferError::CacheMismatch { row: r, expected: seqs[r].slot_pos.len(), found: cache.row_len(r) });
+                return Err(InferError::CacheMismatch {
+                    row: r,
+                    expected: seqs[r].slot_pos.len(),
+                    found: cache.row_len(r),
+                });
             }
         }
         Ok(())

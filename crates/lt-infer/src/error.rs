@@ -62,6 +62,9 @@ pub enum InferError {
 
 impl InferError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        InferError::Io { path: path.into(), source }
+        InferError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -19,8 +19,8 @@ pub mod record;
 pub mod run;
 
 pub use engine::{
-    GenConfig, Generation, Generator, Level, Method, Progress, PromptInput, PromptSpan, StopReason, TraceStep,
-    UpdateMethod,
+    GenConfig, Generation, Generator, Level, Method, Progress, PromptInput, PromptSpan, StopReason,
+    TraceStep, UpdateMethod,
 };
 pub use error::InferError;
 pub use record::{Record, RecordWriter};

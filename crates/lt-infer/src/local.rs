@@ -38,7 +38,12 @@ pub struct Indicator {
 /// let rows = local_mask(4, 4, Some(&ind), &Default::default());
 /// assert_eq!(rows[3], vec![(0, 2), (5, 8)]); // K sees the prompt and O, K; not the thought or S
 /// ```
-pub fn local_mask(cache_len: usize, q: usize, ind: Option<&Indicator>, flags: &MaskFlags) -> Vec<Row> {
+pub fn local_mask(
+    cache_len: usize,
+    q: usize,
+    ind: Option<&Indicator>,
+    flags: &MaskFlags,
+) -> Vec<Row> {
     let cols = cache_len + q;
     let mut dense = vec![false; cols];
     let mut out = Vec::with_capacity(q);
@@ -59,7 +64,9 @@ pub fn local_mask(cache_len: usize, q: usize, ind: Option<&Indicator>, flags: &M
         }
         let i = ind.expect("indicator present for cache/continue rows");
         dense.iter_mut().for_each(|v| *v = false);
-        dense[..cache_len + r + 1].iter_mut().for_each(|v| *v = true);
+        dense[..cache_len + r + 1]
+            .iter_mut()
+            .for_each(|v| *v = true);
         if is_cont {
             clear(&mut dense, i.text_start, i.text_end);
         } else {
@@ -133,22 +140,47 @@ mod tests {
     use super::*;
 
     fn flags(sc: bool, bi: bool, diag: bool) -> MaskFlags {
-        MaskFlags { see_current: sc, bi_directional: bi, diagonal: diag, ..Default::default() }
+        MaskFlags {
+            see_current: sc,
+            bi_directional: bi,
+            diagonal: diag,
+            ..Default::default()
+        }
     }
 
     /// The golden trace: L = 263, local_start = 257, C = 2.
     #[test]
     fn golden_compression_step_default() {
-        let ind = Indicator { text_start: 257, text_end: 264, comp_start: 264, comp_end: 266, n_continue: 1 };
+        let ind = Indicator {
+            text_start: 257,
+            text_end: 264,
+            comp_start: 264,
+            comp_end: 266,
+            n_continue: 1,
+        };
         let rows = local_mask(263, 4, Some(&ind), &flags(false, false, false));
-        assert_eq!(rows, vec![vec![(0, 264)], vec![(0, 265)], vec![(0, 266)], vec![(0, 257), (264, 267)]]);
+        assert_eq!(
+            rows,
+            vec![
+                vec![(0, 264)],
+                vec![(0, 265)],
+                vec![(0, 266)],
+                vec![(0, 257), (264, 267)]
+            ]
+        );
     }
 
     /// Visibility table of spec §2.6 for every flag.
     #[test]
     fn flag_table() {
         // P = [0,2), B = [2,4), T = [4,6); S = 6, O = 7,8, K = 9
-        let ind = Indicator { text_start: 4, text_end: 7, comp_start: 7, comp_end: 9, n_continue: 1 };
+        let ind = Indicator {
+            text_start: 4,
+            text_end: 7,
+            comp_start: 7,
+            comp_end: 9,
+            n_continue: 1,
+        };
         let sc = local_mask(6, 4, Some(&ind), &flags(true, false, false));
         assert_eq!(sc[1], vec![(4, 8)]);
         assert_eq!(sc[2], vec![(4, 9)]);
@@ -166,8 +198,20 @@ mod tests {
     /// AnLLM: q = 1, the anchor row with see_current sees only its sentence and itself.
     #[test]
     fn anllm_anchor_row() {
-        let ind = Indicator { text_start: 6, text_end: 9, comp_start: 9, comp_end: 10, n_continue: 0 };
-        assert_eq!(local_mask(9, 1, Some(&ind), &flags(true, false, false))[0], vec![(6, 10)]);
-        assert_eq!(local_mask(9, 1, Some(&ind), &flags(false, false, false))[0], vec![(0, 10)]);
+        let ind = Indicator {
+            text_start: 6,
+            text_end: 9,
+            comp_start: 9,
+            comp_end: 10,
+            n_continue: 0,
+        };
+        assert_eq!(
+            local_mask(9, 1, Some(&ind), &flags(true, false, false))[0],
+            vec![(6, 10)]
+        );
+        assert_eq!(
+            local_mask(9, 1, Some(&ind), &flags(false, false, false))[0],
+            vec![(0, 10)]
+        );
     }
 }

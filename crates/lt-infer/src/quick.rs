@@ -38,7 +38,8 @@ impl Dataset {
         }
     }
     /// The reference's run order (LightThinker driver).
-    pub const REFERENCE_ORDER: [Dataset; 4] = [Dataset::Mmlu, Dataset::Gsm8k, Dataset::Gpqa, Dataset::Bbh];
+    pub const REFERENCE_ORDER: [Dataset; 4] =
+        [Dataset::Mmlu, Dataset::Gsm8k, Dataset::Gpqa, Dataset::Bbh];
 }
 
 /// Contents of every `\boxed{…}` (one nesting level of braces allowed), left to right.
@@ -107,7 +108,7 @@ pub struct QuickItem {
 
 fn letter_index(s: &str) -> Option<usize> {
     let c = s.trim().chars().next()?.to_ascii_uppercase();
-    ('A'..='Z').contains(&c).then(|| (c as u8 - b'A') as usize)
+    c.is_ascii_uppercase().then(|| (c as u8 - b'A') as usize)
 }
 
 /// `compare_answer`: `(acc_state, comp_pattern)`.
@@ -134,7 +135,11 @@ pub fn compare_answer(ds: Dataset, model_answer: &str, item: &QuickItem) -> (boo
             if model_answer == "error" || model_answer.trim().is_empty() {
                 return (false, pat(model_answer, gold));
             }
-            let first = model_answer.trim().chars().next().map(|c| c.to_ascii_lowercase());
+            let first = model_answer
+                .trim()
+                .chars()
+                .next()
+                .map(|c| c.to_ascii_lowercase());
             if let Some(c @ 'a'..='d') = first {
                 let ok = gold.to_lowercase().starts_with(c) && gold.len() == 1;
                 return (ok, pat(&c.to_string(), &gold.to_lowercase()));
@@ -143,16 +148,20 @@ pub fn compare_answer(ds: Dataset, model_answer: &str, item: &QuickItem) -> (boo
                 (Some(i), Some(ch)) if i < ch.len() => format!("{gold}. {}", ch[i]),
                 _ => gold.to_string(),
             };
-            let (l, r) = (model_answer.trim().to_lowercase(), full.trim().to_lowercase());
+            let (l, r) = (
+                model_answer.trim().to_lowercase(),
+                full.trim().to_lowercase(),
+            );
             (l == r, pat(&l, &r))
         }
         Dataset::Bbh => {
             let gold = item.answer.trim();
             let (l, r) = match (&item.choices, letter_index(gold)) {
                 // reference bug: the letter branch never fires; compare with "X. choice"
-                (Some(ch), Some(i)) if i < ch.len() => {
-                    (model_answer.trim().to_lowercase(), format!("{gold}. {}", ch[i]).to_lowercase())
-                }
+                (Some(ch), Some(i)) if i < ch.len() => (
+                    model_answer.trim().to_lowercase(),
+                    format!("{gold}. {}", ch[i]).to_lowercase(),
+                ),
                 _ => (model_answer.trim().to_lowercase(), gold.to_lowercase()),
             };
             (l == r, pat(&l, &r))
@@ -192,13 +201,22 @@ mod tests {
 
     #[test]
     fn golden_pattern() {
-        let item = QuickItem { answer: "7".into(), choices: None };
-        assert_eq!(compare_answer(Dataset::Gsm8k, "error", &item), (false, "`error` <=> `7`".into()));
+        let item = QuickItem {
+            answer: "7".into(),
+            choices: None,
+        };
+        assert_eq!(
+            compare_answer(Dataset::Gsm8k, "error", &item),
+            (false, "`error` <=> `7`".into())
+        );
     }
 
     #[test]
     fn mmlu_letter_and_text() {
-        let item = QuickItem { answer: "B".into(), choices: Some(vec!["x".into(), "y".into()]) };
+        let item = QuickItem {
+            answer: "B".into(),
+            choices: Some(vec!["x".into(), "y".into()]),
+        };
         assert!(compare_answer(Dataset::Mmlu, "b", &item).0);
         assert!(!compare_answer(Dataset::Mmlu, "error", &item).0);
         assert!(compare_answer(Dataset::Mmlu, "B. y", &item).0);

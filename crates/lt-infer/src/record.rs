@@ -58,14 +58,22 @@ pub struct Record {
 struct PyFormatter;
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
             w.write_all(b", ")
         }
     }
-    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -121,7 +129,9 @@ impl RecordWriter {
             let mut lineno = 0;
             loop {
                 line.clear();
-                let n = reader.read_line(&mut line).map_err(|e| InferError::io(&path, e))?;
+                let n = reader
+                    .read_line(&mut line)
+                    .map_err(|e| InferError::io(&path, e))?;
                 if n == 0 {
                     break;
                 }
@@ -130,24 +140,32 @@ impl RecordWriter {
                     tracing::warn!(path = %path.display(), line = lineno, "dropping a torn last line (interrupted write)");
                     break;
                 }
-                let v: serde_json::Value = serde_json::from_str(line.trim_end()).map_err(|e| {
-                    InferError::Record { path: path.clone(), line: lineno, msg: e.to_string() }
-                })?;
-                let idx = v.get("idx").and_then(|i| i.as_u64()).ok_or_else(|| InferError::Record {
-                    path: path.clone(),
-                    line: lineno,
-                    msg: "missing integer field `idx`".into(),
-                })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line.trim_end()).map_err(|e| InferError::Record {
+                        path: path.clone(),
+                        line: lineno,
+                        msg: e.to_string(),
+                    })?;
+                let idx =
+                    v.get("idx")
+                        .and_then(|i| i.as_u64())
+                        .ok_or_else(|| InferError::Record {
+                            path: path.clone(),
+                            line: lineno,
+                            msg: "missing integer field `idx`".into(),
+                        })?;
                 done.insert(idx as usize);
                 good_len += n as u64;
             }
         }
         let len = file.metadata().map_err(|e| InferError::io(&path, e))?.len();
         if len != good_len {
-            file.set_len(good_len).map_err(|e| InferError::io(&path, e))?;
+            file.set_len(good_len)
+                .map_err(|e| InferError::io(&path, e))?;
             file.sync_all().map_err(|e| InferError::io(&path, e))?;
         }
-        file.seek(SeekFrom::End(0)).map_err(|e| InferError::io(&path, e))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| InferError::io(&path, e))?;
         Ok(RecordWriter { path, file, done })
     }
 
@@ -177,8 +195,12 @@ impl RecordWriter {
             msg: e.to_string(),
         })?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| InferError::io(&self.path, e))?;
-        self.file.sync_data().map_err(|e| InferError::io(&self.path, e))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| InferError::io(&self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| InferError::io(&self.path, e))?;
         self.done.insert(rec.idx);
         Ok(())
     }
@@ -192,14 +214,22 @@ pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<Record>, InferError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| InferError::Record { path: path.to_path_buf(), line: i + 1, msg: e.to_string() })
+            serde_json::from_str(l).map_err(|e| InferError::Record {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: e.to_string(),
+            })
         })
         .collect()
 }
 
 /// The reference's shard `[(index−1)·step, index·step)` of `n` items (`step = n / split_size`,
 /// 1-based `index`, the last shard takes the remainder); `None`s = everything.
-pub fn shard_range(n: usize, split_size: Option<usize>, index: Option<usize>) -> Result<std::ops::Range<usize>, InferError> {
+pub fn shard_range(
+    n: usize,
+    split_size: Option<usize>,
+    index: Option<usize>,
+) -> Result<std::ops::Range<usize>, InferError> {
     match (split_size, index) {
         (None, None) => Ok(0..n),
         (Some(s), Some(i)) if s >= 1 && i >= 1 && i <= s => {
@@ -208,8 +238,12 @@ pub fn shard_range(n: usize, split_size: Option<usize>, index: Option<usize>) ->
             let end = if i == s { n } else { i * step };
             Ok(start..end)
         }
-        (Some(s), Some(i)) => Err(InferError::Config(format!("--index {i} must be in 1..={s} (split size {s})"))),
-        _ => Err(InferError::Config("--split-size and --index must be given together".into())),
+        (Some(s), Some(i)) => Err(InferError::Config(format!(
+            "--index {i} must be in 1..={s} (split size {s})"
+        ))),
+        _ => Err(InferError::Config(
+            "--split-size and --index must be given together".into(),
+        )),
     }
 }
 
@@ -271,7 +305,10 @@ mod tests {
         w.append(&rec(1)).unwrap();
         w.append(&rec(2)).unwrap();
         let recs = read_records(&p).unwrap();
-        assert_eq!(recs.iter().map(|r| r.idx).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            recs.iter().map(|r| r.idx).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with("{\"idx\": 0, \"model_answer\": \"error\", \"gt_answer\": \"7\""));
     }

@@ -9,7 +9,10 @@ use lt_model::{Device, Kind, Model};
 use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::engine::{GenConfig, Generation, Generator, Level, Method, Progress, PromptInput, PromptSpan, UpdateMethod};
+use crate::engine::{
+    GenConfig, Generation, Generator, Level, Method, Progress, PromptInput, PromptSpan,
+    UpdateMethod,
+};
 use crate::quick::{compare_answer, extract_answer, Dataset, QuickItem};
 use crate::record::{shard_range, Record, RecordWriter};
 use crate::InferError;
@@ -69,7 +72,10 @@ impl EvalItem {
     }
     /// What the quick check needs.
     pub fn quick(&self) -> QuickItem {
-        QuickItem { answer: value_to_string(&self.answer), choices: self.choices.clone() }
+        QuickItem {
+            answer: value_to_string(&self.answer),
+            choices: self.choices.clone(),
+        }
     }
 }
 
@@ -107,18 +113,26 @@ impl<'de> Deserialize<'de> for OrderedLists {
 pub fn read_eval_file(path: impl AsRef<Path>, ds: Dataset) -> Result<Vec<EvalItem>, InferError> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| InferError::io(path, e))?;
-    let lists: OrderedLists = serde_json::from_str(&text)
-        .map_err(|e| InferError::EvalData { path: path.to_path_buf(), msg: e.to_string() })?;
+    let lists: OrderedLists = serde_json::from_str(&text).map_err(|e| InferError::EvalData {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
     let mut out = Vec::new();
     for (key, items) in lists.0 {
         for (j, item) in items.into_iter().enumerate() {
-            let err = |msg: String| InferError::EvalData { path: path.to_path_buf(), msg: format!("item `{key}`[{j}]: {msg}") };
+            let err = |msg: String| InferError::EvalData {
+                path: path.to_path_buf(),
+                msg: format!("item `{key}`[{j}]: {msg}"),
+            };
             let question = item
                 .get("question")
                 .and_then(|q| q.as_str())
                 .ok_or_else(|| err("missing string field `question`".into()))?
                 .to_string();
-            let mut answer = item.get("answer").cloned().ok_or_else(|| err("missing field `answer`".into()))?;
+            let mut answer = item
+                .get("answer")
+                .cloned()
+                .ok_or_else(|| err("missing field `answer`".into()))?;
             if ds == Dataset::Gpqa {
                 answer = serde_json::Value::String(value_to_string(&answer));
             }
@@ -126,21 +140,35 @@ pub fn read_eval_file(path: impl AsRef<Path>, ds: Dataset) -> Result<Vec<EvalIte
                 v.as_array()
                     .ok_or_else(|| err(format!("field `{field}` is not a list")))?
                     .iter()
-                    .map(|s| s.as_str().map(str::to_string).ok_or_else(|| err(format!("field `{field}` holds a non-string"))))
+                    .map(|s| {
+                        s.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| err(format!("field `{field}` holds a non-string")))
+                    })
                     .collect()
             };
-            let question_list = item.get("question_list").map(|v| strings(v, "question_list")).transpose()?;
+            let question_list = item
+                .get("question_list")
+                .map(|v| strings(v, "question_list"))
+                .transpose()?;
             let choices = match ds {
                 Dataset::Bbh => item
                     .pointer("/meta_data/structured/choices")
                     .map(|v| strings(v, "meta_data.structured.choices"))
                     .transpose()?,
-                Dataset::Mmlu | Dataset::Gpqa => {
-                    item.get("choices_list").map(|v| strings(v, "choices_list")).transpose()?
-                }
+                Dataset::Mmlu | Dataset::Gpqa => item
+                    .get("choices_list")
+                    .map(|v| strings(v, "choices_list"))
+                    .transpose()?,
                 Dataset::Gsm8k => None,
             };
-            out.push(EvalItem { idx: out.len(), question, answer, question_list, choices });
+            out.push(EvalItem {
+                idx: out.len(),
+                question,
+                answer,
+                question_list,
+                choices,
+            });
         }
     }
     Ok(out)
@@ -193,6 +221,9 @@ pub struct InferOptions {
     pub progress: bool,
     /// Record the per-forward trace (not written to records; for debugging).
     pub trace: bool,
+    /// Override of the system prompt (`None` = the reference's Bespoke-Stratos prompt; with
+    /// prompt compression a non-empty override is one sentence).
+    pub system_prompt: Option<String>,
 }
 
 /// What a run did.
@@ -236,9 +267,15 @@ impl Vocab {
         let mut tok = LtTokenizer::from_file(tokenizer)?;
         tok.add_special_tokens(&cfg);
         let id = |s: &str| -> Result<i64, InferError> {
-            tok.token_id(s).map(i64::from).ok_or_else(|| InferError::Config(format!("token `{s}` is not in the vocabulary")))
+            tok.token_id(s)
+                .map(i64::from)
+                .ok_or_else(|| InferError::Config(format!("token `{s}` is not in the vocabulary")))
         };
-        let comp_ids = cfg.output_cache_tokens().iter().map(|s| id(s)).collect::<Result<Vec<_>, _>>()?;
+        let comp_ids = cfg
+            .output_cache_tokens()
+            .iter()
+            .map(|s| id(s))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Vocab {
             bos_id: tok.token_id(bos).map(i64::from),
             eos_id: id(eos)?,
@@ -263,7 +300,9 @@ impl Vocab {
     /// The generation config for `method` and the flags.
     pub fn gen_config(&self, o: &InferOptions) -> GenConfig {
         let level = match self.cfg.output_level() {
-            lt_data::Level::Token => Level::Token { step: self.cfg.output.step.max(1) },
+            lt_data::Level::Token => Level::Token {
+                step: self.cfg.output.step.max(1),
+            },
             lt_data::Level::Sentence => Level::Sentence,
         };
         let (trigger_id, extra) = match o.method {
@@ -278,7 +317,10 @@ impl Vocab {
             continue_id: self.continue_id,
             eos_id: self.eos_id,
             max_new_tokens: o.max_new_tokens,
-            flags: MaskFlags { exclude_continue: false, ..o.flags },
+            flags: MaskFlags {
+                exclude_continue: false,
+                ..o.flags
+            },
             rolling_rope: o.rolling_rope,
             update: o.update,
             capacity: Some(o.max_new_tokens + extra),
@@ -288,9 +330,28 @@ impl Vocab {
 
     /// The prompt of an item: BOS string + filled template, tokenized as one string; with
     /// `compress_prompt`, the augmented prompt (spec §2.4(b), sentence level, `save_template`).
-    pub fn prompt(&self, item: &EvalItem, ds: Dataset, bos: &str, compress: bool) -> Result<PromptInput, InferError> {
+    pub fn prompt(
+        &self,
+        item: &EvalItem,
+        ds: Dataset,
+        bos: &str,
+        compress: bool,
+    ) -> Result<PromptInput, InferError> {
+        self.prompt_with_system(item, ds, bos, compress, None)
+    }
+
+    /// [`Vocab::prompt`] with an optional system-prompt override.
+    pub fn prompt_with_system(
+        &self,
+        item: &EvalItem,
+        ds: Dataset,
+        bos: &str,
+        compress: bool,
+        system: Option<&str>,
+    ) -> Result<PromptInput, InferError> {
         if !compress {
-            let text = format!("{bos}{}", self.cfg.fill_template(&system_prompt(), &item.user_prompt()));
+            let sys = system.map_or_else(system_prompt, str::to_string);
+            let text = format!("{bos}{}", self.cfg.fill_template(&sys, &item.user_prompt()));
             return Ok(PromptInput::plain(self.encode(&text)));
         }
         if self.cfg.prompt_level() != lt_data::Level::Sentence || !self.cfg.prompt.save_template {
@@ -298,13 +359,22 @@ impl Vocab {
                 "prompt compression is implemented for prompt.level = sentence with save_template = true".into(),
             ));
         }
-        let list = item.prompt_list(ds).ok_or_else(|| InferError::Config(format!("item {}: no `question_list`", item.idx)))?;
-        let bos_id = self.bos_id.ok_or_else(|| InferError::Config(format!("BOS `{bos}` is not one token")))?;
+        let list = item
+            .prompt_list(ds)
+            .ok_or_else(|| InferError::Config(format!("item {}: no `question_list`", item.idx)))?;
+        let bos_id = self
+            .bos_id
+            .ok_or_else(|| InferError::Config(format!("BOS `{bos}` is not one token")))?;
         let prompt_comp: Vec<i64> = self
             .cfg
             .prompt_cache_tokens()
             .iter()
-            .map(|s| self.tok.token_id(s).map(i64::from).ok_or_else(|| InferError::Config(format!("no token `{s}`"))))
+            .map(|s| {
+                self.tok
+                    .token_id(s)
+                    .map(i64::from)
+                    .ok_or_else(|| InferError::Config(format!("no token `{s}`")))
+            })
             .collect::<Result<_, _>>()?;
         let mut p = PromptInput::default();
         let push_plain = |p: &mut PromptInput, ids: Vec<i64>| {
@@ -318,12 +388,19 @@ impl Vocab {
                 push_plain(p, ids);
                 let te = p.ids.len();
                 p.ids.extend_from_slice(&prompt_comp);
-                p.spans.push(PromptSpan { text: ts..te, cache: te..p.ids.len() });
+                p.spans.push(PromptSpan {
+                    text: ts..te,
+                    cache: te..p.ids.len(),
+                });
             }
         };
         push_plain(&mut p, vec![bos_id]);
         push_plain(&mut p, self.encode(&self.cfg.template.prefix));
-        let sys: Vec<String> = SYSTEM_LIST.iter().map(|s| s.to_string()).collect();
+        let sys: Vec<String> = match system {
+            None => SYSTEM_LIST.iter().map(|s| s.to_string()).collect(),
+            Some("") => Vec::new(),
+            Some(s) => vec![s.to_string()],
+        };
         push_sentences(&mut p, &sys);
         push_plain(&mut p, self.encode(&self.cfg.template.middle));
         push_sentences(&mut p, &list);
@@ -352,7 +429,10 @@ impl Vocab {
             n_compress: g.n_compress,
             peak_kv_bytes: g.peak_kv_bytes,
             dep: g.dep,
-            stop: serde_json::to_value(g.stop).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            stop: serde_json::to_value(g.stop)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             kv_trace: g.kv_trace.clone(),
         }
     }
@@ -384,21 +464,36 @@ impl Progress for Bar {
 /// Run one dataset end to end: read, shard, skip what the output already has, generate in
 /// batches of `batch_size`, append records durably in idx order.
 pub fn run(opts: &InferOptions) -> Result<RunSummary, InferError> {
-    let vocab = Vocab::load(&opts.tokenizer_path, &opts.compress_config, &opts.bos_token, &opts.eos_token)?;
+    let vocab = Vocab::load(
+        &opts.tokenizer_path,
+        &opts.compress_config,
+        &opts.bos_token,
+        &opts.eos_token,
+    )?;
     tracing::info!(model = %opts.model_path.display(), "loading model");
     let model = Model::load(&opts.model_path, opts.device, opts.kind)?;
     run_with(opts, &vocab, &model)
 }
 
 /// [`run`] with an already loaded vocabulary and model.
-pub fn run_with(opts: &InferOptions, vocab: &Vocab, model: &Model) -> Result<RunSummary, InferError> {
+pub fn run_with(
+    opts: &InferOptions,
+    vocab: &Vocab,
+    model: &Model,
+) -> Result<RunSummary, InferError> {
     if opts.method == Method::Anllm && vocab.comp_ids.len() != 1 {
-        tracing::warn!(n = vocab.comp_ids.len(), "AnLLM expects n_token = 1; using <|o_0|> as the anchor");
+        tracing::warn!(
+            n = vocab.comp_ids.len(),
+            "AnLLM expects n_token = 1; using <|o_0|> as the anchor"
+        );
     }
     let items = read_eval_file(&opts.data, opts.dataset)?;
     let range = shard_range(items.len(), opts.split_size, opts.index)?;
     let mut writer = RecordWriter::open(&opts.output)?;
-    let pending: Vec<&EvalItem> = items[range.clone()].iter().filter(|it| !writer.is_done(it.idx)).collect();
+    let pending: Vec<&EvalItem> = items[range.clone()]
+        .iter()
+        .filter(|it| !writer.is_done(it.idx))
+        .collect();
     let skipped = range.len() - pending.len();
     if skipped > 0 {
         tracing::info!(skipped, path = %opts.output.display(), "resuming: items already in the output");
@@ -407,20 +502,39 @@ pub fn run_with(opts: &InferOptions, vocab: &Vocab, model: &Model) -> Result<Run
     let pb = if opts.progress {
         let pb = indicatif::ProgressBar::new(pending.len() as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         pb
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut bar = Bar { pb: pb.clone(), t0: Instant::now(), tokens: 0, comps: 0, slot_bytes: gen.slot_bytes() };
-    let mut summary = RunSummary { skipped, ..Default::default() };
+    let mut bar = Bar {
+        pb: pb.clone(),
+        t0: Instant::now(),
+        tokens: 0,
+        comps: 0,
+        slot_bytes: gen.slot_bytes(),
+    };
+    let mut summary = RunSummary {
+        skipped,
+        ..Default::default()
+    };
     let t0 = Instant::now();
     for chunk in pending.chunks(opts.batch_size.max(1)) {
         let prompts = chunk
             .iter()
-            .map(|it| vocab.prompt(it, opts.dataset, &opts.bos_token, opts.compress_prompt))
+            .map(|it| {
+                vocab.prompt_with_system(
+                    it,
+                    opts.dataset,
+                    &opts.bos_token,
+                    opts.compress_prompt,
+                    opts.system_prompt.as_deref(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let gens = gen.generate_batch(&prompts, &mut bar)?;
         for (it, g) in chunk.iter().zip(&gens) {
@@ -454,5 +568,10 @@ pub fn reference_output_path(
         .join(output_tag)
         .join(ds.name())
         .join(ckpt)
-        .join(format!("{}-{}{}.jsonl", opt(index), opt(split_size), model_short_tag))
+        .join(format!(
+            "{}-{}{}.jsonl",
+            opt(index),
+            opt(split_size),
+            model_short_tag
+        ))
 }

@@ -12,7 +12,9 @@ use lt_model::{Device, Kind, Model};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn run_json(name: &str) -> Value {
@@ -57,6 +59,7 @@ fn options(name: &str, output: &Path) -> InferOptions {
         batch_size: 1,
         progress: false,
         trace: false,
+        system_prompt: None,
     }
 }
 
@@ -91,14 +94,27 @@ fn check_against_golden(name: &str, out: &Path) {
     assert_eq!(lines.len(), expected.len(), "{name}: record count");
     for ((line, exp), ext) in lines.iter().zip(&expected).zip(&extras) {
         // key order: the reference's keys first, in its order
-        let positions: Vec<usize> = REF_KEYS.iter().map(|k| line.find(&format!("\"{k}\": ")).unwrap()).collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{name}: key order in {line}");
+        let positions: Vec<usize> = REF_KEYS
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\": ")).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{name}: key order in {line}"
+        );
         let got: Value = serde_json::from_str(line).unwrap();
         for k in REF_KEYS.iter().filter(|k| **k != "infer_time") {
             assert_eq!(got[k], exp[k], "{name} idx {}: field {k}", exp["idx"]);
         }
-        assert_eq!(got["output_ids"], ext["output_ids"], "{name} idx {}: output_ids", exp["idx"]);
-        assert_eq!(got["n_compress"], ext["n_compressions"], "{name}: n_compress");
+        assert_eq!(
+            got["output_ids"], ext["output_ids"],
+            "{name} idx {}: output_ids",
+            exp["idx"]
+        );
+        assert_eq!(
+            got["n_compress"], ext["n_compressions"],
+            "{name}: n_compress"
+        );
         assert_eq!(got["stop"], ext["stop"], "{name}: stop");
         let kv = got["kv_trace"].as_array().unwrap();
         assert_eq!(kv.len() + 1, got["output_len"].as_u64().unwrap() as usize);
@@ -140,7 +156,13 @@ fn golden_trace_and_global_equivalence() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(name, &dir.path().join("x.jsonl"));
     o.trace = true;
-    let vocab = Vocab::load(&o.tokenizer_path, &o.compress_config, &o.bos_token, &o.eos_token).unwrap();
+    let vocab = Vocab::load(
+        &o.tokenizer_path,
+        &o.compress_config,
+        &o.bos_token,
+        &o.eos_token,
+    )
+    .unwrap();
     let model = Model::load(&o.model_path, Device::Cpu, Kind::Float).unwrap();
     let items = run::read_eval_file(&o.data, Dataset::Gsm8k).unwrap();
     let extras = expected_lines(name, "extras.jsonl");
@@ -148,20 +170,45 @@ fn golden_trace_and_global_equivalence() {
     o.update = UpdateMethod::Global;
     let gen_global = Generator::new(&model, vocab.gen_config(&o));
     for (item, ext) in items.iter().zip(&extras) {
-        let prompt = vocab.prompt(item, Dataset::Gsm8k, &o.bos_token, false).unwrap();
-        assert_eq!(serde_json::to_value(&prompt.ids).unwrap(), ext["prompt_ids"]);
+        let prompt = vocab
+            .prompt(item, Dataset::Gsm8k, &o.bos_token, false)
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&prompt.ids).unwrap(),
+            ext["prompt_ids"]
+        );
         let g = gen.generate(&prompt).unwrap();
         let trace = g.trace.as_ref().unwrap();
         let exp = ext["trace"].as_array().unwrap();
         assert_eq!(trace.len(), exp.len(), "n_forward");
         assert_eq!(g.n_forward, ext["n_forward"].as_u64().unwrap() as usize);
         for (i, (t, e)) in trace.iter().zip(exp).enumerate() {
-            assert_eq!(t.cache_len as u64, e["cache_len"].as_u64().unwrap(), "step {i} cache_len");
-            assert_eq!(serde_json::to_value(&t.input_ids).unwrap(), e["input_ids"], "step {i} ids");
-            assert_eq!(serde_json::to_value(&t.position_ids).unwrap(), e["position_ids"], "step {i} positions");
-            assert_eq!(serde_json::to_value(&t.mask).unwrap(), e["mask"], "step {i} mask");
+            assert_eq!(
+                t.cache_len as u64,
+                e["cache_len"].as_u64().unwrap(),
+                "step {i} cache_len"
+            );
+            assert_eq!(
+                serde_json::to_value(&t.input_ids).unwrap(),
+                e["input_ids"],
+                "step {i} ids"
+            );
+            assert_eq!(
+                serde_json::to_value(&t.position_ids).unwrap(),
+                e["position_ids"],
+                "step {i} positions"
+            );
+            assert_eq!(
+                serde_json::to_value(&t.mask).unwrap(),
+                e["mask"],
+                "step {i} mask"
+            );
             let ev = t.evict.map(|(a, b)| vec![a, b]);
-            assert_eq!(serde_json::to_value(ev).unwrap(), e["evict"], "step {i} evict");
+            assert_eq!(
+                serde_json::to_value(ev).unwrap(),
+                e["evict"],
+                "step {i} evict"
+            );
             assert_eq!(t.pred as u64, e["pred"].as_u64().unwrap(), "step {i} pred");
         }
         // global (self-check) masks give the same trace and outputs
@@ -175,7 +222,10 @@ fn golden_trace_and_global_equivalence() {
 /// N sequences in one batch (ragged caches, per-row compression) give the batch-1 records.
 #[test]
 fn batch_equals_single() {
-    for (name, method, bs) in [("lt_default", Method::LightThinker, 3), ("vanilla", Method::Vanilla, 5)] {
+    for (name, method, bs) in [
+        ("lt_default", Method::LightThinker, 3),
+        ("vanilla", Method::Vanilla, 5),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
         let mut o = options(name, &out);
@@ -211,7 +261,9 @@ fn resume_after_interrupted_write() {
 #[test]
 #[ignore = "spawned by resume_after_kill_9"]
 fn resume_child() {
-    let Ok(out) = std::env::var("LT_INFER_CHILD_OUT") else { return };
+    let Ok(out) = std::env::var("LT_INFER_CHILD_OUT") else {
+        return;
+    };
     let mut o = options("vanilla", Path::new(&out));
     o.method = Method::Vanilla;
     run::run(&o).unwrap();
@@ -226,7 +278,13 @@ fn resume_after_kill_9() {
     let exe = std::env::current_exe().unwrap();
     let spawn = || {
         std::process::Command::new(&exe)
-            .args(["--ignored", "--exact", "resume_child", "--test-threads", "1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "resume_child",
+                "--test-threads",
+                "1",
+            ])
             .env("LT_INFER_CHILD_OUT", &out)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -242,7 +300,9 @@ fn resume_after_kill_9() {
             kills += 1;
         }
         child.wait().unwrap();
-        let n = std::fs::read_to_string(&out).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         eprintln!("after {delay_ms} ms: {n} records");
     }
     let status = spawn().wait().unwrap();

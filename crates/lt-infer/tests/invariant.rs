@@ -18,7 +18,10 @@ const EOS: i64 = 47;
 struct Rng(u64);
 impl Rng {
     fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -37,7 +40,11 @@ fn cfg(method: Method, level: Level, n_comp: usize, flags: MaskFlags) -> GenConf
     GenConfig {
         method,
         level,
-        trigger_id: if method == Method::Anllm { comp_ids[0] } else { S },
+        trigger_id: if method == Method::Anllm {
+            comp_ids[0]
+        } else {
+            S
+        },
         comp_ids,
         continue_id: K,
         eos_id: EOS,
@@ -51,7 +58,12 @@ fn cfg(method: Method, level: Level, n_comp: usize, flags: MaskFlags) -> GenConf
 }
 
 /// Build a random script (the "generated" tokens), the whole uncompressed sequence and its layout.
-fn scenario(rng: &mut Rng, c: &GenConfig, p: usize, n_thoughts: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>, Layout) {
+fn scenario(
+    rng: &mut Rng,
+    c: &GenConfig,
+    p: usize,
+    n_thoughts: usize,
+) -> (Vec<i64>, Vec<i64>, Vec<i64>, Layout) {
     let word = |rng: &mut Rng| rng.next(38) as i64 + 1;
     let prompt: Vec<i64> = (0..p).map(|_| word(rng)).collect();
     let mut script = Vec::new();
@@ -75,11 +87,25 @@ fn scenario(rng: &mut Rng, c: &GenConfig, p: usize, n_thoughts: usize) -> (Vec<i
                     let end = whole.len();
                     whole.extend_from_slice(&c.comp_ids);
                     whole.push(K);
-                    blocks.push(ThoughtBlock { start, end, l_inst: 0, n_comp, n_continue: 1, kind: BlockKind::Output });
+                    blocks.push(ThoughtBlock {
+                        start,
+                        end,
+                        l_inst: 0,
+                        n_comp,
+                        n_continue: 1,
+                        kind: BlockKind::Output,
+                    });
                 } else {
                     let end = whole.len();
                     whole.push(c.trigger_id);
-                    blocks.push(ThoughtBlock { start, end, l_inst: 0, n_comp: 1, n_continue: 0, kind: BlockKind::Output });
+                    blocks.push(ThoughtBlock {
+                        start,
+                        end,
+                        l_inst: 0,
+                        n_comp: 1,
+                        n_continue: 0,
+                        kind: BlockKind::Output,
+                    });
                 }
             }
         }
@@ -93,7 +119,14 @@ fn scenario(rng: &mut Rng, c: &GenConfig, p: usize, n_thoughts: usize) -> (Vec<i
                     let end = whole.len();
                     whole.extend_from_slice(&c.comp_ids);
                     whole.push(K);
-                    blocks.push(ThoughtBlock { start, end, l_inst: 0, n_comp, n_continue: 1, kind: BlockKind::Output });
+                    blocks.push(ThoughtBlock {
+                        start,
+                        end,
+                        l_inst: 0,
+                        n_comp,
+                        n_continue: 1,
+                        kind: BlockKind::Output,
+                    });
                     start = whole.len();
                 }
             }
@@ -110,15 +143,25 @@ fn scenario(rng: &mut Rng, c: &GenConfig, p: usize, n_thoughts: usize) -> (Vec<i
 }
 
 fn full_forward(m: &Model, whole: &[i64], layout: &Layout, flags: &MaskFlags) -> Tensor {
-    let mask = lt_mask::global_mask(layout, &MaskFlags { exclude_continue: false, prefill_compress: false, ..*flags }, None)
-        .unwrap();
+    let mask = lt_mask::global_mask(
+        layout,
+        &MaskFlags {
+            exclude_continue: false,
+            prefill_compress: false,
+            ..*flags
+        },
+        None,
+    )
+    .unwrap();
     let t = whole.len() as i64;
     let dense = mask.to_dense();
     let mt = Tensor::from_slice(&dense).view([1, 1, t, t]);
     let ids = Tensor::from_slice(whole).view([1, t]);
     let pos = Tensor::arange(t, (Kind::Int64, Device::Cpu)).view([1, t]);
     let _g = tch::no_grad_guard();
-    m.forward(&ids, &pos, AttnMask::Bool(&mt), None, Logits::All).unwrap().squeeze_dim(0)
+    m.forward(&ids, &pos, AttnMask::Bool(&mt), None, Logits::All)
+        .unwrap()
+        .squeeze_dim(0)
 }
 
 fn check(m: &Model, c: &GenConfig, seed: u64) {
@@ -126,23 +169,49 @@ fn check(m: &Model, c: &GenConfig, seed: u64) {
     let p = 3 + rng.next(5) as usize;
     let (prompt, script, whole, layout) = scenario(&mut rng, c, p, 4);
     let gen = Generator::new(m, c.clone());
-    let (g, steps) = gen.run_scripted(&PromptInput::plain(prompt), &script).unwrap();
+    let (g, steps) = gen
+        .run_scripted(&PromptInput::plain(prompt), &script)
+        .unwrap();
     assert_eq!(g.stop, StopReason::Eos);
     assert_eq!(g.n_compress, layout.blocks.len(), "{c:?}");
     let inc = Tensor::cat(&steps, 0);
-    assert_eq!(inc.size()[0] as usize, whole.len(), "fed tokens = whole sequence");
+    assert_eq!(
+        inc.size()[0] as usize,
+        whole.len(),
+        "fed tokens = whole sequence"
+    );
     let full = full_forward(m, &whole, &layout, &c.flags);
     let diff = (&inc - &full).abs().max().double_value(&[]);
-    assert!(diff <= 1e-4, "{:?} {:?} flags {:?}: max |Δlogit| = {diff}", c.method, c.level, c.flags);
+    assert!(
+        diff <= 1e-4,
+        "{:?} {:?} flags {:?}: max |Δlogit| = {diff}",
+        c.method,
+        c.level,
+        c.flags
+    );
     // negative control: the training mask of the other see_current setting does not match
-    let wrong = MaskFlags { see_current: !c.flags.see_current, ..c.flags };
-    let dw = (&inc - &full_forward(m, &whole, &layout, &wrong)).abs().max().double_value(&[]);
-    assert!(dw > 1e-3, "control: toggling see_current changed nothing ({dw})");
+    let wrong = MaskFlags {
+        see_current: !c.flags.see_current,
+        ..c.flags
+    };
+    let dw = (&inc - &full_forward(m, &whole, &layout, &wrong))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        dw > 1e-3,
+        "control: toggling see_current changed nothing ({dw})"
+    );
     // the global (self-check) masks give the same logits
     let mut cg = c.clone();
     cg.update = UpdateMethod::Global;
-    let (gg, steps_g) = Generator::new(m, cg).run_scripted(&PromptInput::plain(whole[..p].to_vec()), &script).unwrap();
-    let dg = (&Tensor::cat(&steps_g, 0) - &inc).abs().max().double_value(&[]);
+    let (gg, steps_g) = Generator::new(m, cg)
+        .run_scripted(&PromptInput::plain(whole[..p].to_vec()), &script)
+        .unwrap();
+    let dg = (&Tensor::cat(&steps_g, 0) - &inc)
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(dg <= 1e-5, "global vs local: {dg}");
     assert_eq!(gg.dep, g.dep);
     assert_eq!(gg.max_token, g.max_token);
@@ -167,7 +236,11 @@ fn incremental_equals_full_forward_lightthinker_every_flag() {
     for (i, flags) in all_flags().into_iter().enumerate() {
         let m = model(i as i64, i % 2 == 1);
         let n_comp = 2 + i % 2;
-        check(&m, &cfg(Method::LightThinker, Level::Sentence, n_comp, flags), 100 + i as u64);
+        check(
+            &m,
+            &cfg(Method::LightThinker, Level::Sentence, n_comp, flags),
+            100 + i as u64,
+        );
     }
 }
 
@@ -175,8 +248,21 @@ fn incremental_equals_full_forward_lightthinker_every_flag() {
 fn incremental_equals_full_forward_token_level_and_anllm() {
     for (i, flags) in all_flags().into_iter().enumerate() {
         let m = model(20 + i as i64, false);
-        check(&m, &cfg(Method::LightThinker, Level::Token { step: 3 + i % 2 }, 2, flags), 200 + i as u64);
-        check(&m, &cfg(Method::Anllm, Level::Sentence, 1, flags), 300 + i as u64);
+        check(
+            &m,
+            &cfg(
+                Method::LightThinker,
+                Level::Token { step: 3 + i % 2 },
+                2,
+                flags,
+            ),
+            200 + i as u64,
+        );
+        check(
+            &m,
+            &cfg(Method::Anllm, Level::Sentence, 1, flags),
+            300 + i as u64,
+        );
     }
 }
 
@@ -186,9 +272,17 @@ fn incremental_equals_full_forward_token_level_and_anllm() {
 fn batch_n_equals_batch_1_random_model() {
     let m = model(7, false);
     let mut rng = Rng(9);
-    let prompts: Vec<PromptInput> =
-        (0..4).map(|i| PromptInput::plain((0..3 + 2 * i).map(|_| rng.next(38) as i64 + 1).collect())).collect();
-    for flags in [MaskFlags::default(), MaskFlags { see_current: true, bi_directional: true, ..Default::default() }] {
+    let prompts: Vec<PromptInput> = (0..4)
+        .map(|i| PromptInput::plain((0..3 + 2 * i).map(|_| rng.next(38) as i64 + 1).collect()))
+        .collect();
+    for flags in [
+        MaskFlags::default(),
+        MaskFlags {
+            see_current: true,
+            bi_directional: true,
+            ..Default::default()
+        },
+    ] {
         let mut c = cfg(Method::LightThinker, Level::Token { step: 4 }, 2, flags);
         c.max_new_tokens = 25 + (flags.see_current as usize);
         let gen = Generator::new(&m, c);
@@ -197,7 +291,10 @@ fn batch_n_equals_batch_1_random_model() {
             let single = gen.generate(p).unwrap();
             assert_eq!(single.output_ids, b.output_ids);
             assert_eq!(single.kv_trace, b.kv_trace);
-            assert_eq!((single.dep, single.max_token, single.n_compress), (b.dep, b.max_token, b.n_compress));
+            assert_eq!(
+                (single.dep, single.max_token, single.n_compress),
+                (b.dep, b.max_token, b.n_compress)
+            );
         }
     }
 }
