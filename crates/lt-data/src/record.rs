@@ -101,11 +101,19 @@ impl Builder<'_> {
                 };
                 let err = |e: String, mut sum: BuildSummary| {
                     sum.errors = 1;
-                    (vec![BuildRecord::Error { sample_index, error: e }], sum)
+                    (
+                        vec![BuildRecord::Error {
+                            sample_index,
+                            error: e,
+                        }],
+                        sum,
+                    )
                 };
-                let rows = match s.as_ref().map_err(|e| e.to_string()).and_then(|s| {
-                    self.build(s).map_err(|e| e.to_string())
-                }) {
+                let rows = match s
+                    .as_ref()
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| self.build(s).map_err(|e| e.to_string()))
+                {
                     Ok(r) => r,
                     Err(e) => return err(e, sum),
                 };

@@ -115,7 +115,9 @@ pub fn tokenizer_json_from_ranks(ranks: &HashMap<Vec<u8>, u32>, pattern: &str) -
     let table = bytes_to_unicode();
     let to_str = |b: &[u8]| b.iter().map(|&x| table[x as usize]).collect::<String>();
     let mut vocab = serde_json::Map::new();
-    let mut merges: Vec<(u32, u32, u32, &[u8], &[u8])> = Vec::new();
+    // (rank of the merged token, rank of left, rank of right, left, right)
+    type Merge<'a> = (u32, u32, u32, &'a [u8], &'a [u8]);
+    let mut merges: Vec<Merge> = Vec::new();
     for (tok, &rank) in ranks {
         vocab.insert(to_str(tok), json!(rank));
         for i in 1..tok.len() {

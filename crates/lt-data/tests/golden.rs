@@ -397,3 +397,60 @@ fn labels_never_supervise_cache_continue_or_recover() {
             .collect()
     });
 }
+
+/// `Builder::build_records` (what `lightthinker data build` writes) reproduces whole golden files,
+/// error records included.
+#[test]
+fn build_records_reproduce_golden_files() {
+    let wanted = [
+        "v1.rec-hybrid.L1024.toi0.sc0bi0dg0ex1.pc1.inst0.jsonl.gz",
+        "v1.rec.L1024.toi0.sc0bi0dg1ex0.pc0.inst0.jsonl.gz",
+        "nst.aug.L1024.toi0.sc0bi0dg0ex0.pc0.inst0.jsonl.gz",
+        "v1.normal.L96.toi0.sc0bi0dg0ex0.pc0.inst0.jsonl.gz",
+        "otok.awp.L256.toi0.sc0bi0dg0ex0.pc0.inst1.jsonl.gz",
+    ];
+    let text = std::fs::read_to_string(fixtures().join("samples.jsonl")).unwrap();
+    let ordered: Vec<lt_data::Result<TrainSample>> =
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                Ok(TrainSample::from_value(
+                    serde_json::from_str::<Value>(l).unwrap()["sample"].clone(),
+                )
+                .unwrap())
+            })
+            .collect();
+    let mut checked = 0;
+    for st in settings()
+        .iter()
+        .filter(|s| wanted.contains(&s.name.as_str()))
+    {
+        let setting = &st.header["setting"];
+        let (cfg, tok) = tokenizer_for(setting["config_name"].as_str().unwrap(), &st.header);
+        let opts = options(setting);
+        let flags = opts.effective_flags();
+        let builder = Builder::new(&cfg, &tok, opts).unwrap();
+        let (recs, summary) = builder.build_records(&ordered, 0, &flags);
+        assert_eq!(recs.len(), st.records.len(), "{}", st.name);
+        assert_eq!(summary.samples, 25);
+        for (r, g) in recs.iter().zip(&st.records) {
+            let r = serde_json::to_value(r).unwrap();
+            if g["error"].is_null() {
+                for k in ["hybrid_row", "input_ids", "labels", "position_ids", "mask"] {
+                    assert_eq!(r[k], g[k], "{} {} field {k}", st.name, g["sample_id"]);
+                }
+            } else {
+                assert!(
+                    r["error"].is_string(),
+                    "{} {}: expected an error record",
+                    st.name,
+                    g["sample_id"]
+                );
+            }
+        }
+        let n_err = st.records.iter().filter(|g| !g["error"].is_null()).count();
+        assert_eq!(summary.errors, n_err, "{}", st.name);
+        checked += 1;
+    }
+    assert_eq!(checked, wanted.len());
+}

@@ -2,8 +2,8 @@
 //! stand-in word-level tokenizer: registered special tokens first, then `␣?\w+`, `␣?[^\w\s]+`, `\n`, runs
 //! of spaces/tabs; new tokens get ids 1000+ in list order.
 use lt_data::{
-    collate, BuildOptions, Builder, BuiltRow, CompressConfig, LtTokenizer, Mode, PadTo, TrainSample,
-    IGNORE,
+    collate, BuildOptions, Builder, BuiltRow, CompressConfig, LtTokenizer, Mode, PadTo,
+    TrainSample, IGNORE,
 };
 use lt_mask::MaskFlags;
 use serde_json::json;
@@ -79,12 +79,18 @@ impl Fx {
         let cfg = mini_config(2);
         let mut tok = stand_in();
         let added = tok.add_special_tokens(&cfg);
-        assert_eq!(added[0], ("<|splitter|>".to_string(), 1000, "\n\n".to_string()));
+        assert_eq!(
+            added[0],
+            ("<|splitter|>".to_string(), 1000, "\n\n".to_string())
+        );
         assert_eq!(added.len(), 8 + 2, "llama list: 8 fixed + 2 cache tokens");
         Fx { cfg, tok }
     }
     fn build(&self, o: BuildOptions, s: &TrainSample) -> Vec<BuiltRow> {
-        Builder::new(&self.cfg, &self.tok, o).unwrap().build(s).unwrap()
+        Builder::new(&self.cfg, &self.tok, o)
+            .unwrap()
+            .build(s)
+            .unwrap()
     }
     /// Symbolic token names as in the spec tables.
     fn names(&self, ids: &[i64]) -> Vec<String> {
@@ -129,12 +135,20 @@ fn locate(row: &BuiltRow) -> Vec<(usize, usize, usize, usize, usize)> {
 fn label_names(fx: &Fx, row: &BuiltRow) -> Vec<String> {
     row.labels
         .iter()
-        .map(|&l| if l == IGNORE { "-".to_string() } else { fx.names(&[l])[0].clone() })
+        .map(|&l| {
+            if l == IGNORE {
+                "-".to_string()
+            } else {
+                fx.names(&[l])[0].clone()
+            }
+        })
         .collect()
 }
 
 fn grid(mask: &lt_mask::IntervalMask, r: usize) -> String {
-    (0..mask.cols()).map(|c| if mask.is_visible(r, c) { '#' } else { '.' }).collect()
+    (0..mask.cols())
+        .map(|c| if mask.is_visible(r, c) { '#' } else { '.' })
+        .collect()
 }
 
 #[test]
@@ -143,9 +157,28 @@ fn s3_2_normal_mode() {
     let mut s = sample(&[]);
     s.gt_output = "a b\n\nc".into();
     let row = &fx.build(opts(Mode::Normal, 12), &s)[0];
-    let b = collate(std::slice::from_ref(row), &MaskFlags::default(), PadTo::MaxLength(12), 1).unwrap();
-    assert_eq!(fx.names(&b.input_ids), split("BOS Q : a ␣b \\n\\n c EOS EOS EOS EOS EOS"));
-    let labels: Vec<String> = b.labels.iter().map(|&l| if l == IGNORE { "-".into() } else { fx.names(&[l])[0].clone() }).collect();
+    let b = collate(
+        std::slice::from_ref(row),
+        &MaskFlags::default(),
+        PadTo::MaxLength(12),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        fx.names(&b.input_ids),
+        split("BOS Q : a ␣b \\n\\n c EOS EOS EOS EOS EOS")
+    );
+    let labels: Vec<String> = b
+        .labels
+        .iter()
+        .map(|&l| {
+            if l == IGNORE {
+                "-".into()
+            } else {
+                fx.names(&[l])[0].clone()
+            }
+        })
+        .collect();
     assert_eq!(labels, split("- - - a ␣b \\n\\n c EOS - - - -"));
     assert!(row.position_ids.is_none() && row.layout.is_none());
     assert!(b.masks.is_none());
@@ -156,9 +189,21 @@ fn s3_3_aug_wo_pc_and_s6_mask() {
     let fx = Fx::new();
     let row = &fx.build(opts(Mode::AugWoPc, 18), &sample(&["a b", "c"]))[0];
     assert_eq!(locate(row), vec![(3, 7, 0, 2, 1), (10, 13, 0, 2, 1)]);
-    assert_eq!(fx.names(&row.input_ids), split("BOS Q : a ␣b \\n SPL o0 o1 CON c \\n SPL o0 o1 CON EOS"));
-    assert_eq!(label_names(&fx, row), split("- - - a ␣b \\n SPL - - - c \\n SPL - - - EOS"));
-    let b = collate(std::slice::from_ref(row), &MaskFlags::default(), PadTo::MaxLength(18), 1).unwrap();
+    assert_eq!(
+        fx.names(&row.input_ids),
+        split("BOS Q : a ␣b \\n SPL o0 o1 CON c \\n SPL o0 o1 CON EOS")
+    );
+    assert_eq!(
+        label_names(&fx, row),
+        split("- - - a ␣b \\n SPL - - - c \\n SPL - - - EOS")
+    );
+    let b = collate(
+        std::slice::from_ref(row),
+        &MaskFlags::default(),
+        PadTo::MaxLength(18),
+        1,
+    )
+    .unwrap();
     let mut pos: Vec<i64> = (0..17).collect();
     pos.push(0);
     assert_eq!(b.position_ids, pos);
@@ -187,11 +232,17 @@ fn s3_3_aug_wo_pc_and_s6_mask() {
         assert_eq!(grid(m, r), *w, "row {r}");
     }
     // exclude_continue: rows 15-17 additionally lose col 9; rows 10-14 keep it.
-    let ex = MaskFlags { exclude_continue: true, ..Default::default() };
+    let ex = MaskFlags {
+        exclude_continue: true,
+        ..Default::default()
+    };
     let m = row.mask(&ex, Some(18)).unwrap();
     assert!(!m.is_visible(15, 9) && !m.is_visible(17, 9) && m.is_visible(14, 9));
     // diagonal: row 8 sees col 8 but not col 7.
-    let dg = MaskFlags { diagonal: true, ..Default::default() };
+    let dg = MaskFlags {
+        diagonal: true,
+        ..Default::default()
+    };
     let m = row.mask(&dg, Some(18)).unwrap();
     assert!(m.is_visible(8, 8) && !m.is_visible(8, 7) && m.is_visible(7, 7));
 }
@@ -203,7 +254,10 @@ fn s3_3_instruction_is_masked_and_counted() {
     o.output_compress_instruction = " Sum it:".into();
     let row = &fx.build(o, &sample(&["a b", "c"]))[0];
     assert_eq!(locate(row)[0], (3, 7, 3, 2, 1));
-    assert_eq!(fx.names(&row.input_ids[7..13]), split("␣Sum ␣it : o0 o1 CON"));
+    assert_eq!(
+        fx.names(&row.input_ids[7..13]),
+        split("␣Sum ␣it : o0 o1 CON")
+    );
     assert!(row.labels[7..13].iter().all(|&l| l == IGNORE));
 }
 
@@ -218,11 +272,22 @@ fn s3_4_aug_and_s3_6_prompt_recover() {
         fx.names(&row.input_ids),
         split("BOS S . o0 o1 Q o0 o1 : a ␣b \\n SPL o0 o1 CON c \\n SPL o0 o1 CON EOS")
     );
-    assert_eq!(locate(row), vec![(1, 3, 0, 2, 0), (5, 6, 0, 2, 0), (9, 13, 0, 2, 1), (16, 19, 0, 2, 1)]);
+    assert_eq!(
+        locate(row),
+        vec![
+            (1, 3, 0, 2, 0),
+            (5, 6, 0, 2, 0),
+            (9, 13, 0, 2, 1),
+            (16, 19, 0, 2, 1)
+        ]
+    );
     assert!(row.labels[..9].iter().all(|&l| l == IGNORE));
     let pr = &rows[1];
     assert_eq!(pr.hybrid_row, Some(1));
-    assert_eq!(fx.names(&pr.input_ids), split("BOS S . o0 o1 Q o0 o1 : REC S . Q EOS"));
+    assert_eq!(
+        fx.names(&pr.input_ids),
+        split("BOS S . o0 o1 Q o0 o1 : REC S . Q EOS")
+    );
     assert_eq!(label_names(&fx, pr), split("- - - - - - - - - - S . Q EOS"));
 }
 
@@ -232,10 +297,16 @@ fn s3_5_recover_positions_and_s4_2_rows() {
     let s = sample(&["a b", "c"]);
     let row = &fx.build(opts(Mode::Recover, 32), &s)[0];
     assert_eq!(row.len(), 32);
-    assert_eq!(fx.names(&row.input_ids[21..]), split("CON EOS REC a ␣b \\n SPL c \\n SPL EOS"));
+    assert_eq!(
+        fx.names(&row.input_ids[21..]),
+        split("CON EOS REC a ␣b \\n SPL c \\n SPL EOS")
+    );
     let pos = row.position_ids.as_ref().unwrap();
     assert_eq!(&pos[21..], &[21, 22, 22, 23, 24, 25, 26, 27, 28, 29, 30]);
-    assert_eq!(label_names(&fx, row)[21..].to_vec(), split("- EOS - a ␣b \\n SPL c \\n SPL EOS"));
+    assert_eq!(
+        label_names(&fx, row)[21..].to_vec(),
+        split("- EOS - a ␣b \\n SPL c \\n SPL EOS")
+    );
     let m = row.mask(&MaskFlags::default(), Some(32)).unwrap();
     assert_eq!(grid(&m, 22), "#..##.###....###...####.........");
     assert_eq!(grid(&m, 23), "#..##.###....###...###.#........");
@@ -288,15 +359,26 @@ fn edge_cases_empty_thoughts() {
 #[test]
 fn collate_pads_to_longest_by_default() {
     let fx = Fx::new();
-    let a = fx.build(opts(Mode::AugWoPc, 64), &sample(&["a b", "c"])).remove(0);
+    let a = fx
+        .build(opts(Mode::AugWoPc, 64), &sample(&["a b", "c"]))
+        .remove(0);
     let b = fx.build(opts(Mode::AugWoPc, 64), &sample(&["c"])).remove(0);
-    let batch = collate(&[a.clone(), b.clone()], &MaskFlags::default(), PadTo::Longest, 1).unwrap();
+    let batch = collate(
+        &[a.clone(), b.clone()],
+        &MaskFlags::default(),
+        PadTo::Longest,
+        1,
+    )
+    .unwrap();
     assert_eq!((batch.batch, batch.seq_len), (2, a.len()));
     let masks = batch.masks.unwrap();
     assert_eq!(masks[1].rows(), a.len());
     // b's padded rows copy its last real row and never see themselves.
     let last = b.len() - 1;
     assert_eq!(masks[1].row(last + 1), masks[1].row(last));
-    assert_eq!(&batch.labels[a.len() + b.len()..], vec![IGNORE; a.len() - b.len()].as_slice());
+    assert_eq!(
+        &batch.labels[a.len() + b.len()..],
+        vec![IGNORE; a.len() - b.len()].as_slice()
+    );
     assert!(collate(&[a], &MaskFlags::default(), PadTo::MaxLength(4), 1).is_err());
 }
