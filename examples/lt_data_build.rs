@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
     let sample = TrainSample {
         question: question.clone(),
         system_prompt: lt_data::system_prompt(),
-        system_list: lt_data::SYSTEM_PROMPT_LIST.iter().map(|s| s.to_string()).collect(),
+        system_list: lt_data::SYSTEM_PROMPT_LIST
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         question_list: vec![question],
         thoughts_list: vec![
             "<|begin_of_thought|>".into(),
@@ -37,8 +40,18 @@ fn main() -> anyhow::Result<()> {
     let row = &rows[0];
     println!("{} tokens, {} supervised", row.len(), row.n_labelled());
     for b in &row.layout.as_ref().expect("aug-wo-pc has a layout").blocks {
-        let ids: Vec<u32> = row.input_ids[b.start..b.end].iter().map(|&x| x as u32).collect();
-        println!("thought [{}, {}) -> cache [{}, {}): {:?}", b.start, b.end, b.cache_start(), b.cache_end(), tok.decode(&ids));
+        let ids: Vec<u32> = row.input_ids[b.start..b.end]
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
+        println!(
+            "thought [{}, {}) -> cache [{}, {}): {:?}",
+            b.start,
+            b.end,
+            b.cache_start(),
+            b.cache_end(),
+            tok.decode(&ids)
+        );
     }
     let batch = collate(&rows, &flags, PadTo::Longest, builder.eos_id() as i64)?;
     let mask = &batch.masks.as_ref().expect("masks")[0];

@@ -206,7 +206,11 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
             let (records, s) = builder.build_records(chunk, ci * a.chunk.max(1), &flags);
             summary.merge(&s);
             for r in &records {
-                if let BuildRecord::Error { sample_index, error } = r {
+                if let BuildRecord::Error {
+                    sample_index,
+                    error,
+                } = r
+                {
                     tracing::warn!("sample {sample_index}: {error}");
                 }
                 serde_json::to_writer(&mut w, r)?;
@@ -307,7 +311,12 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let builder = Builder::new(&cfg, &tok, opts)?;
     let samples = lt_data::read_train_jsonl(&a.input)?;
     let Some(sample) = samples.get(a.index) else {
-        bail!("{} has {} samples, no index {}", a.input.display(), samples.len(), a.index);
+        bail!(
+            "{} has {} samples, no index {}",
+            a.input.display(),
+            samples.len(),
+            a.index
+        );
     };
     let sample = sample.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let rows = builder.build(sample)?;
@@ -340,7 +349,11 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             row.len(),
             row.n_labelled(),
             row.layout.as_ref().map_or(0, |l| l.blocks.len()),
-            if row.truncated { ", TRUNCATED at max_length" } else { "" }
+            if row.truncated {
+                ", TRUNCATED at max_length"
+            } else {
+                ""
+            }
         );
         if let Some(l) = &row.layout {
             for (i, b) in l.blocks.iter().enumerate() {
@@ -366,7 +379,11 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|p| format!(" pos {}..{}", p[i], p[j - 1]))
                 .unwrap_or_default();
-            let tag = format!("[{i}..{j}) {}{}{pos}", k.name(), if labelled { " L" } else { "" });
+            let tag = format!(
+                "[{i}..{j}) {}{}{pos}",
+                k.name(),
+                if labelled { " L" } else { "" }
+            );
             if a.no_color {
                 println!("{tag}: {text:?}");
             } else {
