@@ -306,6 +306,19 @@ fn token_kinds(row: &BuiltRow) -> Vec<TokKind> {
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    match inspect_to(a, &mut std::io::stdout().lock()) {
+        // `inspect | head` closes the pipe early: not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+fn inspect_to(a: InspectArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let opts = a.sample.options()?;
     let (cfg, tok) = a.sample.load()?;
     let builder = Builder::new(&cfg, &tok, opts)?;
@@ -321,7 +334,8 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let sample = sample.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let rows = builder.build(sample)?;
     let off = if a.no_color { "" } else { "\x1b[0m" };
-    println!(
+    writeln!(
+        out,
         "legend: {}",
         [
             TokKind::Save,
@@ -340,9 +354,10 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         })
         .collect::<Vec<_>>()
         .join(" | ")
-    );
+    )?;
     for row in &rows {
-        println!(
+        writeln!(
+            out,
             "== row {:?} ({:?}): {} tokens, {} labelled, {} blocks{}",
             row.hybrid_row,
             row.source,
@@ -354,13 +369,14 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             } else {
                 ""
             }
-        );
+        )?;
         if let Some(l) = &row.layout {
             for (i, b) in l.blocks.iter().enumerate() {
-                println!(
+                writeln!(
+                    out,
                     "   block {i}: {:?} start {} end {} l_inst {} n_comp {} n_continue {}",
                     b.kind, b.start, b.end, b.l_inst, b.n_comp, b.n_continue
-                );
+                )?;
             }
         }
         let kinds = token_kinds(row);
@@ -385,9 +401,9 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
                 if labelled { " L" } else { "" }
             );
             if a.no_color {
-                println!("{tag}: {text:?}");
+                writeln!(out, "{tag}: {text:?}")?;
             } else {
-                println!("{}{tag}: {text:?}{off}", k.color());
+                writeln!(out, "{}{tag}: {text:?}{off}", k.color())?;
             }
             i = j;
         }
