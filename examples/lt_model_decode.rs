@@ -19,18 +19,28 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn list(args: &[String], name: &str, default: &str) -> Vec<i64> {
-    let s = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.as_str());
+    let s = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.as_str());
     s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).context("usage: lt_model_decode MODEL_DIR [--prompt ids] [--cache-ids ids] ...")?;
+    let dir = args
+        .get(1)
+        .context("usage: lt_model_decode MODEL_DIR [--prompt ids] [--cache-ids ids] ...")?;
     let device = lt_model::device::cuda_if_available();
     let model = Model::load(dir, device, Kind::Float)?;
     let vocab = model.config().vocab_size as i64;
     let prompt = list(&args, "--prompt", "1,2,3");
-    let cache_ids = list(&args, "--cache-ids", &format!("{},{}", vocab - 2, vocab - 1));
+    let cache_ids = list(
+        &args,
+        "--cache-ids",
+        &format!("{},{}", vocab - 2, vocab - 1),
+    );
     let continue_id: i64 = arg(&args, "--continue-id", vocab - 3);
     let thought: usize = arg(&args, "--thought", 6);
     let steps: usize = arg(&args, "--steps", 12);
@@ -38,7 +48,11 @@ fn main() -> Result<()> {
     let _g = tch::no_grad_guard();
     let mut cache = model.new_cache(1, 64);
     let mut next_pos = 0i64;
-    let feed = |cache: &mut lt_model::KvCache, ids: &[i64], pos: &mut i64, mask: Option<&Tensor>| -> Result<i64> {
+    let feed = |cache: &mut lt_model::KvCache,
+                ids: &[i64],
+                pos: &mut i64,
+                mask: Option<&Tensor>|
+     -> Result<i64> {
         let n = ids.len() as i64;
         let t = Tensor::from_slice(ids).view([1, n]);
         let p = Tensor::arange_start(*pos, *pos + n, (Kind::Int64, tch::Device::Cpu)).view([1, n]);
@@ -68,11 +82,19 @@ fn main() -> Result<()> {
             }
         })
         .collect();
-    let mask = lt_mask::IntervalMask::from_intervals(l + q, rows)?.to_bool_tensor(device).view([1, 1, q as i64, (l + q) as i64]);
+    let mask = lt_mask::IntervalMask::from_intervals(l + q, rows)?
+        .to_bool_tensor(device)
+        .view([1, 1, q as i64, (l + q) as i64]);
     let before = cache.bytes();
     tok = feed(&mut cache, &block, &mut next_pos, Some(&mask))?;
     cache.evict(thought_start..l);
-    println!("compressed thought {:?}: KV {} -> {} bytes, positions now {:?}", out, before, cache.bytes(), cache.positions());
+    println!(
+        "compressed thought {:?}: KV {} -> {} bytes, positions now {:?}",
+        out,
+        before,
+        cache.bytes(),
+        cache.positions()
+    );
     for _ in 0..steps {
         out.push(tok);
         tok = feed(&mut cache, &[tok], &mut next_pos, None)?;

@@ -12,7 +12,7 @@ use crate::ModelError;
 /// row's new entries at that row's own length and hides slots beyond it. The position id of every
 /// slot is tracked per row ([`KvCache::positions`], [`KvCache::row_positions`]).
 ///
-/// ```
+/// ```no_run
 /// # use lt_model::{Model, ModelConfig, Device, Kind};
 /// let model = Model::random(&ModelConfig::tiny_llama(16, 16, 1, 2, 1, 16), Device::Cpu, Kind::Float, 0).unwrap();
 /// let cache = model.new_cache(1, 8);

@@ -57,7 +57,7 @@ fn default_act() -> String {
 ///
 /// Unknown keys are kept in [`ModelConfig::extra`] and written back by [`crate::Model::save_hf`].
 ///
-/// ```
+/// ```no_run
 /// let cfg = lt_model::ModelConfig::tiny_llama(32, 16, 1, 2, 1, 24);
 /// assert_eq!(cfg.head_dim(), 8);
 /// assert_eq!(cfg.family(), lt_model::Family::Llama);

@@ -9,6 +9,7 @@
 //!   [`Model::save_hf`] writes a checkpoint transformers can load.
 //!
 //! ```no_run
+//! // (doctests are compile-only: rustdoc binaries lack the libtorch rpath)
 //! use lt_model::{AttnMask, Device, Kind, Logits, Model, ModelConfig};
 //! let cfg = ModelConfig::tiny_llama(64, 32, 2, 4, 2, 64);
 //! let model = Model::random(&cfg, Device::Cpu, Kind::Float, 0)?;

@@ -20,7 +20,7 @@ impl Rope {
         let mut inv_freq = base.pow(&exps).reciprocal();
         if let Some(rs) = &cfg.rope_scaling {
             match rs.rope_type.as_deref().unwrap_or("default") {
-                "linear" => inv_freq = inv_freq / rs.factor.unwrap_or(1.0),
+                "linear" => inv_freq /= rs.factor.unwrap_or(1.0),
                 "llama3" => {
                     let factor = rs.factor.unwrap_or(1.0);
                     let lff = rs.low_freq_factor.unwrap_or(1.0);
