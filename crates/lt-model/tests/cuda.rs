@@ -1,0 +1,79 @@
+//! CUDA checks (run by `scripts/gpu-check.sh`: `cargo test -- --ignored cuda_`).
+mod common;
+
+use common::*;
+use lt_model::{AttnMask, Device, Kind, Logits, Model};
+
+/// bf16 forward + cached greedy decode with an eviction on CUDA; compared with the f32 CPU model.
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_bf16_forward_and_decode() {
+    assert!(
+        lt_model::device::cuda_available(),
+        "CUDA not available (libtorch_cuda.so not loadable?)"
+    );
+    let dev = lt_model::device::cuda_if_available();
+    assert!(matches!(dev, Device::Cuda(_)));
+    let dir = fixtures().join("qwen2_lt").join("model");
+    let gpu = Model::load(&dir, dev, Kind::BFloat16).unwrap();
+    let cpu = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let _g = tch::no_grad_guard();
+    let toks = ids(40, 0, 597, 3);
+    let full_cpu = cpu
+        .forward(
+            &row(&toks),
+            &arange_row(0, 40),
+            AttnMask::Causal,
+            None,
+            Logits::All,
+        )
+        .unwrap();
+    let full_gpu = gpu
+        .forward(
+            &row(&toks),
+            &arange_row(0, 40),
+            AttnMask::Causal,
+            None,
+            Logits::All,
+        )
+        .unwrap();
+    assert_eq!(full_gpu.device(), dev);
+    let scale = max_abs(&full_cpu);
+    assert!(max_diff(&full_gpu.to_device(Device::Cpu), &full_cpu) < 0.05 * scale);
+    // decode through the cache (prefill 30, 10 single steps) == full forward on the GPU (bf16 tolerance)
+    let mut cache = gpu.new_cache(1, 8);
+    let _ = gpu
+        .forward(
+            &row(&toks[..30]),
+            &arange_row(0, 30),
+            AttnMask::Causal,
+            Some(&mut cache),
+            Logits::None,
+        )
+        .unwrap();
+    for i in 30..40 {
+        let l = gpu
+            .forward(
+                &row(&toks[i..i + 1]),
+                &arange_row(i as i64, i as i64 + 1),
+                AttnMask::Causal,
+                Some(&mut cache),
+                Logits::Last,
+            )
+            .unwrap();
+        let d = max_diff(
+            &l.to_device(Device::Cpu),
+            &full_gpu
+                .get(0)
+                .get(i as i64)
+                .unsqueeze(0)
+                .to_device(Device::Cpu),
+        );
+        assert!(d < 0.05 * scale, "step {i}: {d}");
+    }
+    let before = cache.keys(0).unwrap().narrow(2, 20, 20).copy();
+    cache.evict(5..20);
+    assert_eq!(cache.len(), 25);
+    assert!(cache.keys(0).unwrap().narrow(2, 5, 20).equal(&before));
+    assert_eq!(cache.bytes(), 25 * 2 * 2 * 2 * 16 * 2);
+}
