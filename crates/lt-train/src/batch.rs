@@ -128,7 +128,7 @@ pub trait DataSource {
 ///
 /// ```no_run
 /// # fn make(seed: u64) -> lt_train::TrainBatch { unimplemented!() }
-/// let mut src = lt_train::FnSource(|epoch: usize, i: usize| Ok(make((epoch * 1_000_003 + i) as u64)));
+/// let mut src = lt_train::FnSource(|epoch: usize, i: usize| Ok::<_, lt_train::TrainError>(make((epoch * 1_000_003 + i) as u64)));
 /// ```
 pub struct FnSource<F>(pub F);
 

@@ -15,7 +15,7 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Number of labelled positions (`labels != -100`) in a flat label buffer: the reference's
 /// `num_items_in_batch` contribution of one micro-batch.
 ///
-/// ```
+/// ```no_run
 /// assert_eq!(lt_train::count_labels(&[-100, 5, 6, -100]), 2);
 /// ```
 pub fn count_labels(labels: &[i64]) -> usize {

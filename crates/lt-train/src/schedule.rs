@@ -47,7 +47,7 @@ impl std::fmt::Display for SchedulerKind {
 
 /// `TrainingArguments.get_warmup_steps`: `warmup_steps` if positive, else `ceil(total * ratio)`.
 ///
-/// ```
+/// ```no_run
 /// assert_eq!(lt_train::warmup_steps(1045, 0.05, 0), 53);
 /// assert_eq!(lt_train::warmup_steps(1045, 0.05, 10), 10);
 /// ```
@@ -61,7 +61,7 @@ pub fn warmup_steps(total: usize, warmup_ratio: f64, warmup_steps: usize) -> usi
 
 /// A learning-rate schedule: `lr_at(step) = base_lr * multiplier(step)`.
 ///
-/// ```
+/// ```no_run
 /// use lt_train::{Schedule, SchedulerKind};
 /// let s = Schedule::new(SchedulerKind::Cosine, 2e-5, 53, 1045);
 /// assert_eq!(s.lr_at(0), 0.0); // the first update uses lr 0

@@ -208,7 +208,7 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
 /// Whether `out` already holds (part of) a training run.
 pub fn holds_run(out: &Path) -> bool {
     out.join(METRICS_FILE).exists() || !checkpoint::list_checkpoints(out).is_empty() || {
-        std::fs::read_dir(out).map_or(false, |rd| {
+        std::fs::read_dir(out).is_ok_and(|rd| {
             rd.filter_map(|e| e.ok())
                 .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
         })

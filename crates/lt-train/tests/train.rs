@@ -377,7 +377,12 @@ fn window_without_labels_gives_zero_loss_not_nan() {
     };
     let mut m = model(40, 0);
     let mut src = lt_train::FnSource(|_, _| {
-        TrainBatch::from_rows(&[row.clone()], &MaskFlags::default(), PadTo::Longest, 2)
+        TrainBatch::from_rows(
+            std::slice::from_ref(&row),
+            &MaskFlags::default(),
+            PadTo::Longest,
+            2,
+        )
     });
     let r = train(
         &TrainConfig {
