@@ -11,7 +11,7 @@ demo: setup
 ## The whole test suite.
 test: setup
 	cargo test --workspace --all-targets
-	cargo test --workspace --doc
+	LD_LIBRARY_PATH=$(CURDIR)/.venv/libtorch/lib:$$LD_LIBRARY_PATH cargo test --workspace --doc
 
 ## What CI runs besides `make test`.
 check:

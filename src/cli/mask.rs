@@ -405,7 +405,7 @@ fn render(a: &RenderArgs) -> anyhow::Result<()> {
 }
 
 /// Minimal PNG encoder (8-bit RGBA, no filtering) on top of flate2's zlib.
-fn encode_png(w: usize, h: usize, rgba: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub fn encode_png(w: usize, h: usize, rgba: &[u8]) -> anyhow::Result<Vec<u8>> {
     fn crc32(bytes: &[u8]) -> u32 {
         let mut c = 0xffff_ffffu32;
         for &b in bytes {

@@ -23,7 +23,10 @@ pub struct TaskShape {
 
 impl Default for TaskShape {
     fn default() -> Self {
-        TaskShape { min_steps: 4, max_steps: 8 }
+        TaskShape {
+            min_steps: 4,
+            max_steps: 8,
+        }
     }
 }
 
@@ -83,7 +86,12 @@ impl Problem {
     pub fn question(&self) -> String {
         let mut q = self.start.to_string();
         for (i, s) in self.steps.iter().enumerate() {
-            q.push_str(&format!(" {}{}{}", label(i), if *s >= 0 { '+' } else { '-' }, s.abs()));
+            q.push_str(&format!(
+                " {}{}{}",
+                label(i),
+                if *s >= 0 { '+' } else { '-' },
+                s.abs()
+            ));
         }
         q.push_str(&format!(" {}=", label(self.steps.len())));
         q
@@ -145,7 +153,10 @@ pub struct ProblemStream {
 impl ProblemStream {
     /// A stream from `seed`.
     pub fn new(seed: u64, shape: TaskShape) -> Self {
-        ProblemStream { rng: StdRng::seed_from_u64(seed), shape }
+        ProblemStream {
+            rng: StdRng::seed_from_u64(seed),
+            shape,
+        }
     }
 }
 
@@ -167,12 +178,21 @@ mod tests {
 
     #[test]
     fn thoughts_chain_the_running_value() {
-        let p = Problem { start: 47, steps: vec![-2, -7, 5] };
+        let p = Problem {
+            start: 47,
+            steps: vec![-2, -7, 5],
+        };
         assert_eq!(p.question(), "47 A-2 B-7 C+5 D=");
         assert_eq!(p.answer(), 43);
         let t = p.thoughts();
-        assert_eq!(t[0], "Step A: now we take 47, then we subtract 2 from it and so we get 45.");
-        assert_eq!(t[2], "Step C: now we take 38, then we add 5 to it and so we get 43.");
+        assert_eq!(
+            t[0],
+            "Step A: now we take 47, then we subtract 2 from it and so we get 45."
+        );
+        assert_eq!(
+            t[2],
+            "Step C: now we take 38, then we add 5 to it and so we get 43."
+        );
         assert_eq!(t[3], "Step D: so the final answer is \\boxed{43}.");
         let r = p.training_record();
         assert_eq!(r["gt_output"].as_str().unwrap().matches("\n\n").count(), 3);
@@ -180,8 +200,12 @@ mod tests {
 
     #[test]
     fn values_stay_in_range_and_streams_are_seeded() {
-        let a: Vec<Problem> = ProblemStream::new(7, TaskShape::default()).take(500).collect();
-        let b: Vec<Problem> = ProblemStream::new(7, TaskShape::default()).take(500).collect();
+        let a: Vec<Problem> = ProblemStream::new(7, TaskShape::default())
+            .take(500)
+            .collect();
+        let b: Vec<Problem> = ProblemStream::new(7, TaskShape::default())
+            .take(500)
+            .collect();
         assert_eq!(a, b);
         for p in &a {
             assert!((4..=8).contains(&p.steps.len()));

@@ -12,7 +12,10 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+    Tokenizer,
+};
 
 use super::task::{label, BOXED_INSTRUCTION};
 
@@ -52,8 +55,12 @@ pub fn train_tokenizer<'a>(
         .build()
         .map_err(|e| anyhow::anyhow!("word-level model: {e}"))?;
     let mut tok = Tokenizer::new(ModelWrapper::WordLevel(model));
-    let split = Split::new(SplitPattern::Regex(SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| anyhow::anyhow!("split regex: {e}"))?;
+    let split = Split::new(
+        SplitPattern::Regex(SPLIT.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| anyhow::anyhow!("split regex: {e}"))?;
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
@@ -79,7 +86,8 @@ pub fn train_tokenizer<'a>(
     added.push(AddedToken::from(BOXED_INSTRUCTION, false).normalized(false));
     tok.add_tokens(&added);
     let tmp = path.with_extension("json.tmp");
-    tok.save(&tmp, true).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    tok.save(&tmp, true)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(tok)
 }
@@ -92,7 +100,9 @@ mod tests {
     #[test]
     fn word_level_tokens_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let probs: Vec<Problem> = ProblemStream::new(1, TaskShape::default()).take(300).collect();
+        let probs: Vec<Problem> = ProblemStream::new(1, TaskShape::default())
+            .take(300)
+            .collect();
         let texts: Vec<String> = probs
             .iter()
             .flat_map(|p| {
@@ -108,7 +118,11 @@ mod tests {
         let q = format!("{BOXED_INSTRUCTION} {}", p.question());
         let enc = reloaded.encode(q.as_str(), false).unwrap();
         // instruction + 2 digits (or 1) + one token per step + the answer label
-        assert!(enc.get_ids().len() <= 1 + 2 + p.steps.len() + 1, "{:?}", enc.get_tokens());
+        assert!(
+            enc.get_ids().len() <= 1 + 2 + p.steps.len() + 1,
+            "{:?}",
+            enc.get_tokens()
+        );
         let th = &p.thoughts()[0];
         let enc = tok.encode(th.as_str(), false).unwrap();
         assert!(!enc.get_ids().contains(&tok.token_to_id(UNK).unwrap()));
