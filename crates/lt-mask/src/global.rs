@@ -217,17 +217,15 @@ fn build_rows(
                 match cur {
                     Some(b) => {
                         if !flags.see_current {
-                            for &(a, e) in &vis {
-                                out.push(a, e);
-                            }
+                            // `vis` is sorted, disjoint, non-adjacent and ends before `tail`
+                            out.spans.extend_from_slice(&vis);
                             out.push(tail, b.s);
                         }
                         own(&mut out, b, r);
                     }
                     None => {
-                        for &(a, e) in &vis {
-                            out.push(a, e.min(r + 1));
-                        }
+                        // every hidden range ends at or before `r` here, so no clipping needed
+                        out.spans.extend_from_slice(&vis);
                         out.push(tail, r + 1);
                     }
                 }

@@ -230,18 +230,20 @@ impl IntervalMask {
     pub fn to_bool_tensor(&self, device: tch::Device) -> tch::Tensor {
         let mut bytes = vec![0u8; self.rows() * self.cols];
         self.write_dense(1u8, 0u8, &mut bytes);
-        tch::Tensor::from_slice(&bytes)
-            .view([self.rows() as i64, self.cols as i64])
-            .to_kind(tch::Kind::Bool)
-            .to_device(device)
+        crate::bytes_to_bool(&bytes, &[self.rows() as i64, self.cols as i64]).to_device(device)
     }
 
     /// `[rows, cols]` additive tensor of `kind` on `device`: `0` where visible and the dtype's
     /// most negative finite value where masked (bf16: -3.3895313892515355e38, as the reference).
+    /// Half-precision masks are written as raw bit patterns into a 16-bit buffer and reinterpreted
+    /// (`view_dtype`), so no float conversion pass runs over the `rows * cols` cells.
     pub fn to_additive_tensor(&self, kind: tch::Kind, device: tch::Device) -> tch::Tensor {
-        let visible = self.to_bool_tensor(device);
-        tch::Tensor::zeros([self.rows() as i64, self.cols as i64], (kind, device))
-            .masked_fill(&visible.logical_not(), crate::dtype_min(kind))
+        crate::additive_tensor(
+            std::slice::from_ref(self),
+            &[self.rows() as i64, self.cols as i64],
+            kind,
+        )
+        .to_device(device)
     }
 }
 

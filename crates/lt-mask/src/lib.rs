@@ -120,24 +120,33 @@ pub fn dtype_min(kind: tch::Kind) -> f64 {
 }
 
 /// Stack equally shaped masks into a `[B, 1, P, P']` additive tensor of `kind` on `device`
-/// (0 visible, [`dtype_min`] hidden), the layout the model's attention expects. The byte buffer
-/// is filled row-wise in parallel (rayon) and converted with tensor ops.
+/// (0 visible, [`dtype_min`] hidden), the layout the model's attention expects. The buffer is
+/// filled row-wise in parallel (rayon) directly in the target dtype (bf16/f16 as bit patterns).
 #[cfg(feature = "tch")]
 pub fn stack_additive(
     masks: &[IntervalMask],
     kind: tch::Kind,
     device: tch::Device,
 ) -> Result<tch::Tensor, MaskError> {
-    let bool_t = stack_bool(masks, device)?;
-    let shape = bool_t.size();
-    Ok(tch::Tensor::zeros(shape.as_slice(), (kind, device))
-        .masked_fill(&bool_t.logical_not(), dtype_min(kind)))
+    let (rows, cols) = same_shape(masks)?;
+    Ok(additive_tensor(
+        masks,
+        &[masks.len() as i64, 1, rows as i64, cols as i64],
+        kind,
+    )
+    .to_device(device))
 }
 
 /// Stack equally shaped masks into a `[B, 1, P, P']` `Bool` tensor (true = visible).
 #[cfg(feature = "tch")]
 pub fn stack_bool(masks: &[IntervalMask], device: tch::Device) -> Result<tch::Tensor, MaskError> {
-    use rayon::prelude::*;
+    let (rows, cols) = same_shape(masks)?;
+    let bytes = fill_parallel(masks, 1u8, 0u8);
+    Ok(bytes_to_bool(&bytes, &[masks.len() as i64, 1, rows as i64, cols as i64]).to_device(device))
+}
+
+#[cfg(feature = "tch")]
+fn same_shape(masks: &[IntervalMask]) -> Result<(usize, usize), MaskError> {
     let (rows, cols) = masks
         .first()
         .map(|m| (m.rows(), m.cols()))
@@ -153,16 +162,95 @@ pub fn stack_bool(masks: &[IntervalMask], device: tch::Device) -> Result<tch::Te
             m.cols()
         )));
     }
-    let per = rows * cols;
-    let mut bytes = vec![0u8; masks.len() * per];
+    Ok((rows, cols))
+}
+
+/// Dense fill of all masks (equal shapes) into one buffer, one rayon task per mask.
+#[cfg(feature = "tch")]
+fn fill_parallel<T: Copy + Send + Sync>(masks: &[IntervalMask], visible: T, hidden: T) -> Vec<T> {
+    use rayon::prelude::*;
+    let per = masks.first().map(|m| m.rows() * m.cols()).unwrap_or(0);
+    let mut buf = vec![hidden; masks.len() * per];
     if per > 0 {
-        bytes
-            .par_chunks_mut(per)
+        buf.par_chunks_mut(per)
             .zip(masks.par_iter())
-            .for_each(|(dst, m)| m.write_dense(1u8, 0u8, dst));
+            .for_each(|(dst, m)| m.write_dense(visible, hidden, dst));
     }
-    Ok(tch::Tensor::from_slice(&bytes)
-        .view([masks.len() as i64, 1, rows as i64, cols as i64])
-        .to_kind(tch::Kind::Bool)
-        .to_device(device))
+    buf
+}
+
+#[cfg(feature = "tch")]
+pub(crate) fn bytes_to_bool(bytes: &[u8], shape: &[i64]) -> tch::Tensor {
+    tch::Tensor::from_slice(bytes)
+        .view_dtype(tch::Kind::Bool)
+        .view(shape)
+}
+
+/// Additive tensor of `kind` (CPU) for equally shaped masks, shaped `shape`.
+#[cfg(feature = "tch")]
+pub(crate) fn additive_tensor(
+    masks: &[IntervalMask],
+    shape: &[i64],
+    kind: tch::Kind,
+) -> tch::Tensor {
+    let mut t = tch::Tensor::empty(shape, (kind, tch::Device::Cpu));
+    if fill_additive(masks, &mut t).is_err() {
+        // dtypes without a native fill path: build in f32 and convert
+        let buf = fill_parallel(masks, 0f32, f32::MIN);
+        return tch::Tensor::from_slice(&buf).view(shape).to_kind(kind);
+    }
+    t
+}
+
+/// Write equally shaped masks into a preallocated, contiguous CPU tensor of `B * rows * cols`
+/// elements (any shape, e.g. `[B, 1, P, P]`) of kind bf16, f16, f32 or f64: `0` where visible,
+/// [`dtype_min`] where hidden. Reusing one tensor across batches avoids allocating (and page
+/// faulting) a fresh `B * P * P` buffer per step.
+#[cfg(feature = "tch")]
+pub fn fill_additive(masks: &[IntervalMask], out: &mut tch::Tensor) -> Result<(), MaskError> {
+    use rayon::prelude::*;
+    use tch::Kind;
+    let (rows, cols) = same_shape(masks)?;
+    let per = rows * cols;
+    let numel = out.numel();
+    if numel != masks.len() * per || out.device() != tch::Device::Cpu || !out.is_contiguous() {
+        return Err(MaskError::Shape(format!(
+            "fill_additive: need a contiguous CPU tensor of {} elements, got {:?} on {:?}",
+            masks.len() * per,
+            out.size(),
+            out.device()
+        )));
+    }
+    if per == 0 {
+        return Ok(());
+    }
+    fn go<T: Copy + Send + Sync>(
+        masks: &[IntervalMask],
+        ptr: *mut T,
+        n: usize,
+        per: usize,
+        vis: T,
+        hid: T,
+    ) {
+        // SAFETY: `ptr` is the data pointer of a contiguous CPU tensor holding exactly `n`
+        // elements of `T` (checked by the caller: numel and kind), and nothing else accesses the
+        // tensor while this exclusive borrow is alive.
+        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, n) };
+        buf.par_chunks_mut(per)
+            .zip(masks.par_iter())
+            .for_each(|(dst, m)| m.write_dense(vis, hid, dst));
+    }
+    let n = masks.len() * per;
+    match out.kind() {
+        Kind::BFloat16 => go(masks, out.data_ptr() as *mut u16, n, per, 0u16, 0xff7fu16),
+        Kind::Half => go(masks, out.data_ptr() as *mut u16, n, per, 0u16, 0xfbffu16),
+        Kind::Float => go(masks, out.data_ptr() as *mut f32, n, per, 0f32, f32::MIN),
+        Kind::Double => go(masks, out.data_ptr() as *mut f64, n, per, 0f64, f64::MIN),
+        k => {
+            return Err(MaskError::Shape(format!(
+                "fill_additive: unsupported dtype {k:?} (bf16, f16, f32, f64)"
+            )))
+        }
+    }
+    Ok(())
 }

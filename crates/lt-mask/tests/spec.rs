@@ -426,3 +426,53 @@ fn batch_matches_single() {
         assert_eq!(m.unwrap(), global_mask(l, f, Some(32)).unwrap());
     }
 }
+
+#[cfg(feature = "tch")]
+#[test]
+fn tch_exports_match_dense() {
+    use tch::{Device, Kind};
+    let layout = Layout {
+        len: 17,
+        blocks: vec![out(3, 7), out(10, 13)],
+    };
+    let m = global_mask(
+        &layout,
+        &MaskFlags {
+            bi_directional: true,
+            ..Default::default()
+        },
+        Some(18),
+    )
+    .unwrap();
+    let dense = m.to_dense();
+    let b = m.to_bool_tensor(Device::Cpu);
+    assert_eq!(b.size(), vec![18, 18]);
+    assert_eq!(b.kind(), Kind::Bool);
+    let got: Vec<bool> = Vec::try_from(b.flatten(0, -1)).unwrap();
+    assert_eq!(got, dense);
+    for (kind, min) in [
+        (Kind::BFloat16, -3.3895313892515355e38f64),
+        (Kind::Half, -65504.0),
+        (Kind::Float, f32::MIN as f64),
+        (Kind::Double, f64::MIN),
+    ] {
+        let a = m.to_additive_tensor(kind, Device::Cpu);
+        assert_eq!(a.kind(), kind);
+        let v: Vec<f64> = Vec::try_from(a.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+        for (x, &vis) in v.iter().zip(&dense) {
+            assert_eq!(*x, if vis { 0.0 } else { min }, "{kind:?}");
+        }
+        assert_eq!(lt_mask::dtype_min(kind), min);
+    }
+    let s = lt_mask::stack_additive(&[m.clone(), m.clone()], Kind::BFloat16, Device::Cpu).unwrap();
+    assert_eq!(s.size(), vec![2, 1, 18, 18]);
+    let s1 = s.get(1).get(0);
+    assert!(s1.equal(&m.to_additive_tensor(Kind::BFloat16, Device::Cpu)));
+    let sb = lt_mask::stack_bool(&[m.clone()], Device::Cpu).unwrap();
+    assert!(sb.get(0).get(0).equal(&m.to_bool_tensor(Device::Cpu)));
+    let other = global_mask(&layout, &MaskFlags::default(), Some(20)).unwrap();
+    assert!(matches!(
+        lt_mask::stack_additive(&[m, other], Kind::Float, Device::Cpu),
+        Err(MaskError::Shape(_))
+    ));
+}
