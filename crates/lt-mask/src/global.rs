@@ -141,11 +141,9 @@ fn build_rows(
     blocks: &[B],
     flags: &MaskFlags,
     n: usize,
-    diag_limit: usize,
     extra_from: usize,
     extra_hide: &[(u32, u32)],
-    cols: usize,
-    rows_cap: usize,
+    padded: usize,
 ) -> Builder {
     // The last reset op ((b) for a prompt block, (c) for the first output block after a prompt
     // block) and its row threshold: rows below it are plain causal apart from that block's own
@@ -164,7 +162,7 @@ fn build_rows(
         }
     }
     let est = n * (blocks.len() / 2 + 2);
-    let mut out = Builder::with_capacity(cols, rows_cap, est);
+    let mut out = Builder::with_capacity(padded, padded, est);
     // complement of the hidden columns of passed blocks: finite visible intervals + open tail
     let mut vis: Vec<(u32, u32)> = Vec::with_capacity(2 * blocks.len() + 1);
     let mut tail: u32 = 0;
@@ -173,7 +171,7 @@ fn build_rows(
 
     let own = |out: &mut Builder, b: &B, r: u32| {
         out.push(b.s, b.i);
-        if flags.diagonal && b.z_raw < diag_limit {
+        if flags.diagonal && b.z_raw < n {
             out.push(r, r + 1);
         } else if flags.bi_directional {
             out.push(b.i, b.z);
@@ -317,7 +315,7 @@ pub fn global_mask(
     let n = layout.len;
     let blocks = clamp_blocks(layout, n);
     let p = pad_to.unwrap_or(0).max(n);
-    let out = build_rows(&blocks, flags, n, n, n, &[], p, p);
+    let out = build_rows(&blocks, flags, n, n, &[], p);
     Ok(finish(out, n, pad_to))
 }
 
@@ -341,7 +339,7 @@ pub fn recover_mask(
         return Err(MaskError::DiagonalInRecover);
     }
     let t_a = layout.len;
-    let n = t_a.checked_add(recover.added_len).unwrap_or(usize::MAX);
+    let n = t_a.saturating_add(recover.added_len);
     if n > (u32::MAX / 4) as usize {
         return Err(MaskError::TooLong {
             field: "layout.len + recover.added_len",
@@ -365,7 +363,7 @@ pub fn recover_mask(
     }
     hide.retain(|&(a, b)| a < b);
     let p = pad_to.unwrap_or(0).max(n);
-    let out = build_rows(&blocks, flags, n, n, t_a, &hide, p, p);
+    let out = build_rows(&blocks, flags, n, t_a, &hide, p);
     let offset = out_last_row_offset(&out, t_a as u32);
     Ok((finish(out, n, pad_to), offset))
 }

@@ -468,7 +468,7 @@ fn tch_exports_match_dense() {
     assert_eq!(s.size(), vec![2, 1, 18, 18]);
     let s1 = s.get(1).get(0);
     assert!(s1.equal(&m.to_additive_tensor(Kind::BFloat16, Device::Cpu)));
-    let sb = lt_mask::stack_bool(&[m.clone()], Device::Cpu).unwrap();
+    let sb = lt_mask::stack_bool(std::slice::from_ref(&m), Device::Cpu).unwrap();
     assert!(sb.get(0).get(0).equal(&m.to_bool_tensor(Device::Cpu)));
     let other = global_mask(&layout, &MaskFlags::default(), Some(20)).unwrap();
     assert!(matches!(
