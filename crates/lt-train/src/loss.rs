@@ -44,18 +44,27 @@ pub fn shifted_ce_sum(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// Cross-entropy sum of the rows selected by `index` of `hidden [N, H]` projected by
-/// `lm_head_weight [V, H]`, against `targets [N]`: the same value as [`shifted_ce_sum`] when
-/// `hidden`/`targets` are the labelled predecessor positions, without materialising `[B, T, V]`.
+/// Cross-entropy sum of the rows of `hidden [N, H]` projected by `lm_head_weight [V, H]`,
+/// against `targets [N]`: the same value as [`shifted_ce_sum`] when `hidden`/`targets` are the
+/// labelled predecessor positions, without materialising `[B, T, V]`.
+///
+/// Returns the differentiable f32 sum and its value summed **sequentially in f64** from the
+/// per-token losses: libtorch's vectorised sum may round differently from run to run (it depends
+/// on buffer alignment), the logged loss must not.
 pub fn selected_ce_sum(
     hidden: &Tensor,
     lm_head_weight: &Tensor,
     targets: &Tensor,
-) -> Result<Tensor> {
+) -> Result<(Tensor, f64)> {
     let logits = hidden
         .f_matmul(&lm_head_weight.f_tr()?)?
         .f_to_kind(Kind::Float)?;
-    Ok(logits.f_cross_entropy_loss::<Tensor>(targets, None, Reduction::Sum, IGNORE_INDEX, 0.0)?)
+    let per_token =
+        logits.f_cross_entropy_loss::<Tensor>(targets, None, Reduction::None, IGNORE_INDEX, 0.0)?;
+    let values: Vec<f32> =
+        Vec::<f32>::try_from(&per_token.f_detach()?.f_to_device(tch::Device::Cpu)?)?;
+    let value = values.iter().map(|&v| f64::from(v)).sum::<f64>();
+    Ok((per_token.f_sum(Kind::Float)?, value))
 }
 
 /// The micro-batch loss to back-propagate: `ce_sum / max(n_window, 1)` (times `extra_scale`,

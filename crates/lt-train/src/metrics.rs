@@ -50,18 +50,22 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
         .collect())
 }
 
-/// Rewrite `path` atomically with the given lines.
-pub fn write_metrics(path: &Path, lines: &[StepMetrics]) -> Result<()> {
-    let mut s = String::new();
-    for m in lines {
-        let line = serde_json::to_string(m).map_err(|e| TrainError::Json {
-            path: path.into(),
-            source: e,
-        })?;
-        s.push_str(&line);
-        s.push('\n');
+/// Keep only the lines of steps `<= max_step` (and drop torn lines), atomically. The kept lines
+/// are copied verbatim: re-serialising parsed floats could change their last digit.
+pub fn truncate_metrics(path: &Path, max_step: usize) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Step {
+        step: usize,
     }
-    crate::checkpoint::write_atomic(path, s.as_bytes())
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if serde_json::from_str::<Step>(line).is_ok_and(|s| s.step <= max_step) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::checkpoint::write_atomic(path, kept.as_bytes())
 }
 
 /// Render a loss curve (loss per step, plus a moving average) as a standalone SVG document.

@@ -236,11 +236,13 @@ pub fn prepare_output_dir(out: &Path, resume: bool, overwrite: bool) -> Result<(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))
 }
 
-/// Forward one micro-batch and return the summed next-token cross-entropy (f32 scalar).
+/// Forward one micro-batch: the summed next-token cross-entropy (differentiable f32 scalar), the
+/// number of predicted (shifted, labelled) tokens and the sum's value computed deterministically
+/// in f64 (see [`selected_ce_sum`](crate::selected_ce_sum)).
 ///
 /// Only the positions whose next label is supervised go through the lm_head, so the
 /// `[B, T, V]` logits are never materialised.
-pub fn micro_batch_ce_sum(model: &Model, batch: &TrainBatch) -> Result<(Tensor, usize)> {
+pub fn micro_batch_ce_sum(model: &Model, batch: &TrainBatch) -> Result<(Tensor, usize, f64)> {
     let dev = model.device();
     let t = batch.to_tensors(dev)?;
     let mask = match &t.mask {
@@ -264,13 +266,14 @@ pub fn micro_batch_ce_sum(model: &Model, batch: &TrainBatch) -> Result<(Tensor, 
     let n = targets.len();
     if n == 0 {
         // Keep the graph connected so backward is well defined; the value is exactly 0.
-        return Ok((hidden.f_sum(Kind::Float)?.f_mul_scalar(0.0)?, 0));
+        return Ok((hidden.f_sum(Kind::Float)?.f_mul_scalar(0.0)?, 0, 0.0));
     }
     let h = hidden.f_view([b * s, -1])?;
     let idx = Tensor::from_slice(&pred).to_device(dev);
     let sel = h.f_index_select(0, &idx)?;
     let tgt = Tensor::from_slice(&targets).to_device(dev);
-    Ok((loss::selected_ce_sum(&sel, model.lm_head(), &tgt)?, n))
+    let (sum, value) = loss::selected_ce_sum(&sel, model.lm_head(), &tgt)?;
+    Ok((sum, n, value))
 }
 
 /// Train with a per-step callback (called after every optimizer step; return
@@ -365,11 +368,7 @@ pub fn train_with(
         state = st;
         let mpath = out.join(METRICS_FILE);
         if mpath.exists() {
-            let kept: Vec<StepMetrics> = metrics::read_metrics(&mpath)?
-                .into_iter()
-                .filter(|m| m.step <= step)
-                .collect();
-            metrics::write_metrics(&mpath, &kept)?;
+            metrics::truncate_metrics(&mpath, step)?;
         }
         report.resumed_from = Some(step);
         tracing::info!(step, dir = %dir.display(), "resumed");
@@ -449,9 +448,9 @@ pub fn train_with(
         };
         let mut loss_value = 0.0f64;
         for b in &batches {
-            let (ce_sum, _) = micro_batch_ce_sum(model, b)?;
+            let (ce_sum, _, value) = micro_batch_ce_sum(model, b)?;
             let l = loss::window_loss(&ce_sum, n_window, 1.0)?;
-            loss_value += l.double_value(&[]);
+            loss_value += value / n_window.max(1) as f64;
             let l = if extra != 1.0 {
                 l.f_mul_scalar(extra)?
             } else {

@@ -180,6 +180,10 @@ fn fixture_rows(meta: &Value) -> Vec<BuiltRow> {
         .collect()
 }
 
+fn want_loss_early(meta: &Value) -> f64 {
+    meta["loss"].as_f64().unwrap()
+}
+
 fn hf_step_parity(family: &str) {
     let meta = json(&format!("step_{family}.json"));
     let want = tensors(&format!("step_{family}.safetensors"));
@@ -238,7 +242,8 @@ fn hf_step_parity(family: &str) {
 
     let n_items = batch.n_labelled();
     assert_eq!(n_items, meta["num_items"].as_u64().unwrap() as usize);
-    let (ce, _) = lt_train::micro_batch_ce_sum(&model, &batch).unwrap();
+    let (ce, _, value) = lt_train::micro_batch_ce_sum(&model, &batch).unwrap();
+    assert!((value / n_items as f64 - want_loss_early(&meta)).abs() < 1e-4);
     let loss = lt_train::window_loss(&ce, n_items, 1.0).unwrap();
     let want_loss = meta["loss"].as_f64().unwrap();
     assert!(
