@@ -288,8 +288,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     let corpus: Vec<String> = train_file
         .iter()
         .flat_map(|p| {
-            let mut t = p.thoughts();
-            t.push(format!("{BOXED_INSTRUCTION} {}", p.question()));
+            // thoughts end with "\n" (before `<|splitter|>`) and the template's suffix is "\n".
+            let mut t: Vec<String> = p.thoughts().into_iter().map(|t| t + "\n").collect();
+            t.push(format!("{BOXED_INSTRUCTION} {}\n", p.question()));
             t
         })
         .collect();
@@ -301,6 +302,16 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     let mut tok = LtTokenizer::from_file(&tok_path)?;
     tok.add_special_tokens(&cfg);
     let vocab_size = tok.len();
+    // Every word of the task must be in the vocabulary: an `<|unk|>` would make the task unlearnable.
+    let unk = tok.token_id(super::tokenizer::UNK);
+    let probe = &train_file[0];
+    let mut probe_text = probe.thoughts().join("\n");
+    probe_text.push_str(&format!("\n{BOXED_INSTRUCTION} {}\n", probe.question()));
+    if let Some(u) = unk {
+        if tok.encode(&probe_text).contains(&u) {
+            return Err(anyhow!("demo tokenizer maps part of `{probe_text}` to {}", super::tokenizer::UNK));
+        }
+    }
     let paths = Paths { tokenizer: tok_path, config: cfg_path, eval: eval_path };
 
     // 3. train both arms.
