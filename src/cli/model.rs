@@ -200,7 +200,7 @@ fn logits(
         let mask = mask_t.as_ref().map_or(AttnMask::Causal, AttnMask::Bool);
         let logits = model
             .forward(&ids, &pos, mask, None, Logits::All)
-            .with_context(|| at())?
+            .with_context(at)?
             .squeeze_dim(0)
             .to_kind(tch::Kind::Float)
             .to_device(tch::Device::Cpu);

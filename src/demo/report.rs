@@ -29,7 +29,11 @@ pub fn markdown(
     let mut s = String::new();
     s.push_str(&format!(
         "# LightThinker demo{}\n\n{} held-out problems, seed {}, total wall time {:.0} s.\n\n",
-        if opts.quick { " (--quick: pipeline check, not accuracy)" } else { "" },
+        if opts.quick {
+            " (--quick: pipeline check, not accuracy)"
+        } else {
+            ""
+        },
         opts.n_eval,
         opts.seed,
         wall_s
@@ -85,18 +89,39 @@ pub fn plots(
         })
         .collect();
     if !series.is_empty() {
-        w("kv_length.svg", lt_eval::plot::kv_curves_svg("KV cache length while generating problem 0", &series).as_bytes())?;
+        w(
+            "kv_length.svg",
+            lt_eval::plot::kv_curves_svg("KV cache length while generating problem 0", &series)
+                .as_bytes(),
+        )?;
         w("kv_length.png", &lt_eval::plot::kv_curves_png(&series))?;
     }
     // Peak and Dep bars.
-    let peak: Vec<(String, f64)> = names.iter().zip(evals).map(|(n, (s, _))| (n.to_string(), s.peak)).collect();
-    let dep: Vec<(String, f64)> = names.iter().zip(evals).map(|(n, (s, _))| (n.to_string(), s.dep)).collect();
-    w("peak.svg", lt_eval::plot::bars_svg("Mean peak KV tokens", "tokens", &peak).as_bytes())?;
-    w("dep.svg", lt_eval::plot::bars_svg("Mean Dep", "Dep", &dep).as_bytes())?;
+    let peak: Vec<(String, f64)> = names
+        .iter()
+        .zip(evals)
+        .map(|(n, (s, _))| (n.to_string(), s.peak))
+        .collect();
+    let dep: Vec<(String, f64)> = names
+        .iter()
+        .zip(evals)
+        .map(|(n, (s, _))| (n.to_string(), s.dep))
+        .collect();
+    w(
+        "peak.svg",
+        lt_eval::plot::bars_svg("Mean peak KV tokens", "tokens", &peak).as_bytes(),
+    )?;
+    w(
+        "dep.svg",
+        lt_eval::plot::bars_svg("Mean Dep", "Dep", &dep).as_bytes(),
+    )?;
     // Loss curves.
     for (n, (_, m)) in names.iter().zip(trained) {
         let pts: Vec<(usize, f64)> = m.iter().map(|m| (m.step, m.loss)).collect();
-        w(&format!("loss_{n}.svg"), lt_train::loss_curve_svg(&pts, &format!("{n} training loss")).as_bytes())?;
+        w(
+            &format!("loss_{n}.svg"),
+            lt_train::loss_curve_svg(&pts, &format!("{n} training loss")).as_bytes(),
+        )?;
     }
     // The aug-wo-pc training mask of one sample, with token labels.
     let opts = BuildOptions {
@@ -110,20 +135,39 @@ pub fn plots(
         eos_token: EOS.into(),
     };
     let builder = Builder::new(cfg, tok, opts)?;
-    let p = ProblemStream::new(7, TaskShape { min_steps: 2, max_steps: 2 })
-        .next()
-        .expect("infinite stream");
+    let p = ProblemStream::new(
+        7,
+        TaskShape {
+            min_steps: 2,
+            max_steps: 2,
+        },
+    )
+    .next()
+    .expect("infinite stream");
     let sample = TrainSample::from_value(p.training_record()).map_err(|e| anyhow::anyhow!(e))?;
     let row = builder.build(&sample)?.remove(0);
     let mask = row.mask(&builder.options().effective_flags(), None)?;
     let labels: Vec<String> = row
         .input_ids
         .iter()
-        .map(|&i| tok.id_to_token(i as u32).unwrap_or_default().replace('Ġ', "␣").replace('Ċ', "\\n"))
+        .map(|&i| {
+            tok.id_to_token(i as u32)
+                .unwrap_or_default()
+                .replace('Ġ', "␣")
+                .replace('Ċ', "\\n")
+        })
         .collect();
-    let svg = lt_mask::render::to_svg(&mask, Some(&labels), 12, "aug-wo-pc training mask (row = query, column = key)");
+    let svg = lt_mask::render::to_svg(
+        &mask,
+        Some(&labels),
+        12,
+        "aug-wo-pc training mask (row = query, column = key)",
+    );
     w("training_mask.svg", svg.as_bytes())?;
     let (pw, ph, px) = lt_mask::render::to_rgba(&mask, 6);
-    w("training_mask.png", &crate::cli::mask::encode_png(pw, ph, &px)?)?;
+    w(
+        "training_mask.png",
+        &crate::cli::mask::encode_png(pw, ph, &px)?,
+    )?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lt_data::{BuildOptions, Builder, CompressConfig, LtTokenizer, Mode, PadTo, TrainSample};
-use lt_eval::{CompressSettings, Dataset, Judge, JudgeMode, Method as EvalMethod, MetricOptions, Summary};
+use lt_eval::{
+    CompressSettings, Dataset, Judge, JudgeMode, Method as EvalMethod, MetricOptions, Summary,
+};
 use lt_infer::run::{run_with, InferOptions, Vocab};
 use lt_infer::{Method as InferMethod, UpdateMethod};
 use lt_mask::MaskFlags;
@@ -143,7 +145,10 @@ fn train_arm(
     let builder = Builder::new(cfg, tok, build_options(arm.mode))?;
     let flags = builder.options().effective_flags();
     let pad_id = builder.eos_id() as i64;
-    let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(arm.seed_offset);
+    let seed = opts
+        .seed
+        .wrapping_mul(1_000_003)
+        .wrapping_add(arm.seed_offset);
     let batch = opts.batch_size;
     let mut source = FnSource(move |epoch: usize, i: usize| {
         let mut problems = ProblemStream::new(
@@ -158,7 +163,12 @@ fn train_arm(
         }
         TrainBatch::from_rows(&rows, &flags, PadTo::Longest, pad_id)
     });
-    let mut model = Model::random(&demo_model_config(vocab_size), Device::Cpu, Kind::Float, seed as i64)?;
+    let mut model = Model::random(
+        &demo_model_config(vocab_size),
+        Device::Cpu,
+        Kind::Float,
+        seed as i64,
+    )?;
     let tcfg = TrainConfig {
         lr: opts.lr,
         scheduler: SchedulerKind::Cosine,
@@ -175,7 +185,12 @@ fn train_arm(
         resume: false,
         overwrite: true,
         save_dtype: None,
-        adamw: lt_train::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 },
+        adamw: lt_train::AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
         deepspeed_gas_scale: false,
         progress: false,
         halt_after: None,
@@ -266,7 +281,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let out = &opts.out;
-    std::fs::create_dir_all(out.join("data")).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out.join("data"))
+        .with_context(|| format!("creating {}", out.display()))?;
     tracing::info!(out = %out.display(), quick = opts.quick, "demo: writing data, tokenizer and config");
 
     // 1. data: a training sample file (for inspection / `lightthinker train`), the eval set.
@@ -278,9 +294,14 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         jsonl.push('\n');
     }
     write_atomic(&out.join("data/train.jsonl"), jsonl.as_bytes())?;
-    let eval_problems: Vec<Problem> = ProblemStream::new(opts.seed ^ 0xE7A1, shape).take(opts.n_eval).collect();
+    let eval_problems: Vec<Problem> = ProblemStream::new(opts.seed ^ 0xE7A1, shape)
+        .take(opts.n_eval)
+        .collect();
     let eval_path = out.join("data/gsm8k.json");
-    write_atomic(&eval_path, serde_json::to_string_pretty(&gsm8k_file(&eval_problems))?.as_bytes())?;
+    write_atomic(
+        &eval_path,
+        serde_json::to_string_pretty(&gsm8k_file(&eval_problems))?.as_bytes(),
+    )?;
 
     // 2. tokenizer trained on the corpus, and the compression config.
     let tok_dir = out.join("tokenizer");
@@ -295,7 +316,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         })
         .collect();
     let tok_path = tok_dir.join("tokenizer.json");
-    train_tokenizer(corpus.iter().map(String::as_str), shape.max_steps, &tok_path)?;
+    train_tokenizer(
+        corpus.iter().map(String::as_str),
+        shape.max_steps,
+        &tok_path,
+    )?;
     let cfg_path = out.join("compress_config.json");
     write_atomic(&cfg_path, DEMO_CONFIG.as_bytes())?;
     let cfg = CompressConfig::from_file(&cfg_path)?;
@@ -309,10 +334,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     probe_text.push_str(&format!("\n{BOXED_INSTRUCTION} {}\n", probe.question()));
     if let Some(u) = unk {
         if tok.encode(&probe_text).contains(&u) {
-            return Err(anyhow!("demo tokenizer maps part of `{probe_text}` to {}", super::tokenizer::UNK));
+            return Err(anyhow!(
+                "demo tokenizer maps part of `{probe_text}` to {}",
+                super::tokenizer::UNK
+            ));
         }
     }
-    let paths = Paths { tokenizer: tok_path, config: cfg_path, eval: eval_path };
+    let paths = Paths {
+        tokenizer: tok_path,
+        config: cfg_path,
+        eval: eval_path,
+    };
 
     // 3. train both arms.
     let arms = [
@@ -338,7 +370,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         .iter()
         .map(|a| {
             let b = mp.add(ProgressBar::new(a.steps as u64));
-            b.set_style(style(&format!("train {:<12} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta}}] {{msg}}", a.name)));
+            b.set_style(style(&format!(
+                "train {:<12} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta}}] {{msg}}",
+                a.name
+            )));
             b
         })
         .collect();
@@ -356,11 +391,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("training thread panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("training thread panicked")))
+                })
                 .collect()
         })
     } else {
-        arms.iter().zip(&bars).map(|(a, b)| train_arm(a, opts, &cfg, &tok, vocab_size, b.clone())).collect()
+        arms.iter()
+            .zip(&bars)
+            .map(|(a, b)| train_arm(a, opts, &cfg, &tok, vocab_size, b.clone()))
+            .collect()
     };
     let trained: Vec<(PathBuf, Vec<StepMetrics>)> = trained.into_iter().collect::<Result<_>>()?;
 
@@ -369,7 +410,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         .iter()
         .map(|a| {
             let b = mp.add(ProgressBar::new(opts.n_eval as u64));
-            b.set_style(style(&format!("infer {:<12} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}] {{msg}}", a.name)));
+            b.set_style(style(&format!(
+                "infer {:<12} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}] {{msg}}",
+                a.name
+            )));
             b
         })
         .collect();
@@ -385,7 +429,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("inference thread panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("inference thread panicked")))
+                })
                 .collect()
         })
     } else {
@@ -400,15 +447,31 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     // 5. report.
     let mut methods = serde_json::Map::new();
     for (a, (s, _)) in arms.iter().zip(&evals) {
-        methods.insert(a.name.into(), serde_json::to_value(MethodResult::from_summary(s))?);
+        methods.insert(
+            a.name.into(),
+            serde_json::to_value(MethodResult::from_summary(s))?,
+        );
     }
     let results = json!({ "methods": methods });
-    write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
-    let table: Vec<(String, Summary)> =
-        arms.iter().zip(&evals).map(|(a, (s, _))| (a.name.to_string(), s.clone())).collect();
+    write_atomic(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    let table: Vec<(String, Summary)> = arms
+        .iter()
+        .zip(&evals)
+        .map(|(a, (s, _))| (a.name.to_string(), s.clone()))
+        .collect();
     let md = super::report::markdown(&table, &trained, opts, t0.elapsed().as_secs_f64());
     write_atomic(&out.join("results.md"), md.as_bytes())?;
-    super::report::plots(out, &arms.iter().map(|a| a.name).collect::<Vec<_>>(), &evals, &trained, &cfg, &tok)?;
+    super::report::plots(
+        out,
+        &arms.iter().map(|a| a.name).collect::<Vec<_>>(),
+        &evals,
+        &trained,
+        &cfg,
+        &tok,
+    )?;
     println!("{md}");
     println!("wrote {}", out.display());
     Ok(results)
