@@ -57,8 +57,8 @@ impl DemoOptions {
             quick,
             seed: 1234,
             n_eval: if quick { 16 } else { 200 },
-            vanilla_steps: if quick { 12 } else { 2600 },
-            lightthinker_steps: if quick { 12 } else { 2600 },
+            vanilla_steps: if quick { 12 } else { 2000 },
+            lightthinker_steps: if quick { 12 } else { 2000 },
             batch_size: 16,
             lr: 3e-3,
             infer_batch: 16,
@@ -95,6 +95,30 @@ impl MethodResult {
             compressions: s.compress,
         }
     }
+}
+
+/// The seed of one arm (model init and data stream).
+fn arm_seed(opts: &DemoOptions, arm: &Arm) -> u64 {
+    opts.seed
+        .wrapping_mul(1_000_003)
+        .wrapping_add(arm.seed_offset)
+}
+
+/// A freshly initialised demo model: N(0, 0.02) weights, residual output projections (`o_proj`,
+/// `down_proj`) scaled by 1/sqrt(2 * layers) as in GPT-2. `Model::random` seeds libtorch's global
+/// generator, so models are created one after the other, before any training thread starts.
+fn init_model(vocab: usize, seed: u64) -> Result<Model> {
+    let cfg = demo_model_config(vocab);
+    let model = Model::random(&cfg, Device::Cpu, Kind::Float, seed as i64)?;
+    let scale = 1.0 / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+    let _g = tch::no_grad_guard();
+    for (name, t) in model.named_parameters() {
+        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+            let mut t = t.shallow_clone();
+            let _ = t.g_mul_scalar_(scale);
+        }
+    }
+    Ok(model)
 }
 
 /// Model shape of the demo (see `docs/demo.md`).
@@ -138,17 +162,14 @@ fn train_arm(
     opts: &DemoOptions,
     cfg: &CompressConfig,
     tok: &LtTokenizer,
-    vocab_size: usize,
+    model: Model,
     bar: ProgressBar,
 ) -> Result<(PathBuf, Vec<StepMetrics>)> {
     let out = opts.out.join(arm.name);
     let builder = Builder::new(cfg, tok, build_options(arm.mode))?;
     let flags = builder.options().effective_flags();
     let pad_id = builder.eos_id() as i64;
-    let seed = opts
-        .seed
-        .wrapping_mul(1_000_003)
-        .wrapping_add(arm.seed_offset);
+    let seed = arm_seed(opts, arm);
     let batch = opts.batch_size;
     let mut source = FnSource(move |epoch: usize, i: usize| {
         let mut problems = ProblemStream::new(
@@ -163,12 +184,7 @@ fn train_arm(
         }
         TrainBatch::from_rows(&rows, &flags, PadTo::Longest, pad_id)
     });
-    let mut model = Model::random(
-        &demo_model_config(vocab_size),
-        Device::Cpu,
-        Kind::Float,
-        seed as i64,
-    )?;
+    let mut model = model;
     let tcfg = TrainConfig {
         lr: opts.lr,
         scheduler: SchedulerKind::Cosine,
@@ -316,11 +332,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         })
         .collect();
     let tok_path = tok_dir.join("tokenizer.json");
-    train_tokenizer(
-        corpus.iter().map(String::as_str),
-        shape.max_steps,
-        &tok_path,
-    )?;
+    train_tokenizer(corpus.iter().map(String::as_str), &tok_path)?;
     let cfg_path = out.join("compress_config.json");
     write_atomic(&cfg_path, DEMO_CONFIG.as_bytes())?;
     let cfg = CompressConfig::from_file(&cfg_path)?;
@@ -380,14 +392,19 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     if opts.parallel {
         tch::set_num_threads(1);
     }
+    let models = arms
+        .iter()
+        .map(|a| init_model(vocab_size, arm_seed(opts, a)))
+        .collect::<Result<Vec<_>>>()?;
     let trained: Vec<Result<(PathBuf, Vec<StepMetrics>)>> = if opts.parallel {
         std::thread::scope(|s| {
             let hs: Vec<_> = arms
                 .iter()
                 .zip(&bars)
-                .map(|(a, b)| {
+                .zip(models)
+                .map(|((a, b), m)| {
                     let (cfg, tok, b) = (&cfg, &tok, b.clone());
-                    s.spawn(move || train_arm(a, opts, cfg, tok, vocab_size, b))
+                    s.spawn(move || train_arm(a, opts, cfg, tok, m, b))
                 })
                 .collect();
             hs.into_iter()
@@ -400,7 +417,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
     } else {
         arms.iter()
             .zip(&bars)
-            .map(|(a, b)| train_arm(a, opts, &cfg, &tok, vocab_size, b.clone()))
+            .zip(models)
+            .map(|((a, b), m)| train_arm(a, opts, &cfg, &tok, m, b.clone()))
             .collect()
     };
     let trained: Vec<(PathBuf, Vec<StepMetrics>)> = trained.into_iter().collect::<Result<_>>()?;

@@ -194,12 +194,38 @@ pub(crate) fn additive_tensor(
     kind: tch::Kind,
 ) -> tch::Tensor {
     let mut t = tch::Tensor::empty(shape, (kind, tch::Device::Cpu));
+    advise_huge_pages(&t);
     if fill_additive(masks, &mut t).is_err() {
         // dtypes without a native fill path: build in f32 and convert
         let buf = fill_parallel(masks, 0f32, f32::MIN);
         return tch::Tensor::from_slice(&buf).view(shape).to_kind(kind);
     }
     t
+}
+
+/// A fresh `B*P*P` buffer is written once, right after allocation: on Linux its first touch costs one
+/// page fault per 4 KiB (about 20 ms for 32 MiB on a VM), which dominates building the mask. Asking for
+/// transparent huge pages on the 2 MiB-aligned part of the buffer cuts the faults ~500-fold where THP is
+/// in `madvise` mode; elsewhere the advice is a no-op.
+#[cfg(feature = "tch")]
+fn advise_huge_pages(t: &tch::Tensor) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let len = t.numel() * t.kind().elt_size_in_bytes();
+        let ptr = t.data_ptr() as usize;
+        let start = (ptr + HUGE - 1) & !(HUGE - 1);
+        let end = (ptr + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside the tensor's own allocation; MADV_HUGEPAGE only
+            // changes how the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = t;
 }
 
 /// Write equally shaped masks into a preallocated, contiguous CPU tensor of `B * rows * cols`
