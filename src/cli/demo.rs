@@ -21,7 +21,7 @@ pub struct DemoArgs {
     /// Held-out problems (default 200; 16 with --quick).
     #[arg(long)]
     pub n_eval: Option<usize>,
-    /// Optimizer steps of each model (default 2000; 12 with --quick).
+    /// Optimizer steps of each model (default 2600; 12 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Train and evaluate the two models one after the other instead of on two threads.

@@ -57,8 +57,8 @@ impl DemoOptions {
             quick,
             seed: 1234,
             n_eval: if quick { 16 } else { 200 },
-            vanilla_steps: if quick { 12 } else { 2000 },
-            lightthinker_steps: if quick { 12 } else { 2000 },
+            vanilla_steps: if quick { 12 } else { 2600 },
+            lightthinker_steps: if quick { 12 } else { 2600 },
             batch_size: 16,
             lr: 3e-3,
             infer_batch: 16,
@@ -104,21 +104,15 @@ fn arm_seed(opts: &DemoOptions, arm: &Arm) -> u64 {
         .wrapping_add(arm.seed_offset)
 }
 
-/// A freshly initialised demo model: N(0, 0.02) weights, residual output projections (`o_proj`,
-/// `down_proj`) scaled by 1/sqrt(2 * layers) as in GPT-2. `Model::random` seeds libtorch's global
+/// A freshly initialised demo model (N(0, 0.02) weights). `Model::random` seeds libtorch's global
 /// generator, so models are created one after the other, before any training thread starts.
 fn init_model(vocab: usize, seed: u64) -> Result<Model> {
-    let cfg = demo_model_config(vocab);
-    let model = Model::random(&cfg, Device::Cpu, Kind::Float, seed as i64)?;
-    let scale = 1.0 / (2.0 * cfg.num_hidden_layers as f64).sqrt();
-    let _g = tch::no_grad_guard();
-    for (name, t) in model.named_parameters() {
-        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
-            let mut t = t.shallow_clone();
-            let _ = t.g_mul_scalar_(scale);
-        }
-    }
-    Ok(model)
+    Ok(Model::random(
+        &demo_model_config(vocab),
+        Device::Cpu,
+        Kind::Float,
+        seed as i64,
+    )?)
 }
 
 /// Model shape of the demo (see `docs/demo.md`).
@@ -332,7 +326,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<serde_json::Value> {
         })
         .collect();
     let tok_path = tok_dir.join("tokenizer.json");
-    train_tokenizer(corpus.iter().map(String::as_str), &tok_path)?;
+    train_tokenizer(
+        corpus.iter().map(String::as_str),
+        shape.max_steps,
+        &tok_path,
+    )?;
     let cfg_path = out.join("compress_config.json");
     write_atomic(&cfg_path, DEMO_CONFIG.as_bytes())?;
     let cfg = CompressConfig::from_file(&cfg_path)?;
