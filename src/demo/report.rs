@@ -2,14 +2,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use lt_data::{BuildOptions, Builder, CompressConfig, LtTokenizer, Mode, TrainSample};
+use lt_data::{Builder, CompressConfig, LtTokenizer, Mode, TrainSample};
 use lt_eval::Summary;
-use lt_mask::MaskFlags;
 use lt_train::StepMetrics;
 
 use super::run::DemoOptions;
 use super::task::{ProblemStream, TaskShape};
-use super::tokenizer::{BOS, EOS};
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
@@ -124,16 +122,7 @@ pub fn plots(
         )?;
     }
     // The aug-wo-pc training mask of one sample, with token labels.
-    let opts = BuildOptions {
-        mode: Mode::AugWoPc,
-        hybrid: false,
-        max_length: 1024,
-        train_on_input: false,
-        flags: MaskFlags::default(),
-        output_compress_instruction: String::new(),
-        bos_token: BOS.into(),
-        eos_token: EOS.into(),
-    };
+    let opts = super::run::build_options(Mode::AugWoPc);
     let builder = Builder::new(cfg, tok, opts)?;
     let p = ProblemStream::new(
         7,

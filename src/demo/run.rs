@@ -132,7 +132,8 @@ struct Arm {
     seed_offset: u64,
 }
 
-fn build_options(mode: Mode) -> BuildOptions {
+/// The demo's data settings for `mode` (P = 1024, all flags false, no instruction).
+pub(crate) fn build_options(mode: Mode) -> BuildOptions {
     BuildOptions {
         mode,
         hybrid: false,

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 /// The instruction every LightThinker eval reader puts in front of the question.
-pub const BOXED_INSTRUCTION: &str = "Return your final response within \\boxed{}.";
+pub use lt_data::BOXED_INSTRUCTION;
 
 /// Shape of the generated problems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,27 +19,9 @@ use crate::InferError;
 
 /// The Bespoke-Stratos system prompt as the reference's 11-sentence list
 /// (`Reader.get_system_prompt_list`); joined with single spaces it is the system prompt.
-pub const SYSTEM_LIST: [&str; 11] = [
-    "Your role as an assistant involves thoroughly exploring questions through a systematic long thinking process before providing the final precise and accurate solutions.",
-    "This requires engaging in a comprehensive cycle of analysis, summarizing, exploration, reassessment, reflection, backtracing, and iteration to develop well-considered thinking process.",
-    "Please structure your response into two main sections:",
-    "Thought and Solution.",
-    "In the Thought section, detail your reasoning process using the specified format:",
-    "<|begin_of_thought|> {thought with steps separated with '\\n\\n'} <|end_of_thought|>",
-    "Each step should include detailed considerations such as analisying questions, summarizing relevant findings, brainstorming new ideas, verifying the accuracy of the current steps, refining any errors, and revisiting previous steps.",
-    "In the Solution section, based on various attempts, explorations, and reflections from the Thought section, systematically present the final solution that you deem correct.",
-    "The solution should remain a logical, accurate, concise expression style and detail necessary step needed to reach the conclusion, formatted as follows:",
-    "<|begin_of_solution|> {final formatted, precise, and clear solution} <|end_of_solution|>",
-    "Now, try to solve the following question through the above guidelines:",
-];
+pub use lt_data::SYSTEM_PROMPT_LIST as SYSTEM_LIST;
 
-/// The fixed instruction that starts every question.
-pub const BOXED_INSTRUCTION: &str = "Return your final response within \\boxed{}.";
-
-/// The system prompt (`Reader.get_system_prompt`).
-pub fn system_prompt() -> String {
-    SYSTEM_LIST.join(" ")
-}
+pub use lt_data::{system_prompt, BOXED_INSTRUCTION};
 
 /// One evaluation item of a reference `data/eval/<dataset>.json` file.
 #[derive(Debug, Clone, PartialEq)]
