@@ -25,7 +25,8 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-site=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"
+[[ -f "$site/lib/libtorch_cpu.so" ]] || { echo "setup: no libtorch in $site (torch install broken?)" >&2; exit 1; }
 if [[ "$(readlink "$root/.venv/libtorch" 2>/dev/null || true)" != "$site" ]]; then
   ln -sfn "$site" "$root/.venv/libtorch"
 fi
