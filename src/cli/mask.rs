@@ -404,48 +404,11 @@ fn render(a: &RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Minimal PNG encoder (8-bit RGBA, no filtering) on top of flate2's zlib.
+/// Encode RGBA pixels as a PNG (lt-eval's encoder).
 pub fn encode_png(w: usize, h: usize, rgba: &[u8]) -> anyhow::Result<Vec<u8>> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut c = 0xffff_ffffu32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
+    if w == 0 || h == 0 || w > u32::MAX as usize || h > u32::MAX as usize || rgba.len() != w * h * 4
+    {
+        bail!("cannot encode a {w}x{h} PNG from {} bytes", rgba.len());
     }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    if w == 0 || h == 0 || w > u32::MAX as usize || h > u32::MAX as usize {
-        bail!("cannot encode a {w}x{h} PNG");
-    }
-    let mut raw = Vec::with_capacity(h * (w * 4 + 1));
-    for row in rgba.chunks_exact(w * 4) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
-    }
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(&raw)?;
-    let idat = z.finish()?;
-    let mut out = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]); // 8-bit RGBA
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &idat);
-    chunk(&mut out, b"IEND", &[]);
-    Ok(out)
+    Ok(lt_eval::plot::encode_png(w, h, 4, rgba))
 }

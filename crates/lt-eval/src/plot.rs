@@ -223,25 +223,38 @@ impl Canvas {
         self.rect(x0 - 1.0, y0, x0, y1 + 1.0, (0, 0, 0));
     }
     fn png(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity((W * 3 + 1) * H);
-        for row in self.px.chunks(W * 3) {
-            raw.push(0);
-            raw.extend_from_slice(row);
-        }
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        // writing to a Vec cannot fail
-        let _ = z.write_all(&raw);
-        let idat = z.finish().unwrap_or_default();
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&(W as u32).to_be_bytes());
-        ihdr.extend_from_slice(&(H as u32).to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &idat);
-        chunk(&mut out, b"IEND", &[]);
-        out
+        encode_png(W, H, 3, &self.px)
     }
+}
+
+/// Encode 8-bit pixels as a PNG (no filtering, zlib via flate2): `channels` = 3 (RGB) or 4 (RGBA),
+/// `pixels` row-major, `width * height * channels` bytes. Also used for `lightthinker mask render`.
+///
+/// ```
+/// let png = lt_eval::plot::encode_png(2, 1, 3, &[255, 0, 0, 0, 0, 255]);
+/// assert_eq!(&png[1..4], b"PNG");
+/// ```
+pub fn encode_png(width: usize, height: usize, channels: usize, pixels: &[u8]) -> Vec<u8> {
+    let stride = width * channels;
+    let mut raw = Vec::with_capacity((stride + 1) * height);
+    for row in pixels.chunks(stride.max(1)).take(height) {
+        raw.push(0);
+        raw.extend_from_slice(row);
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    // writing to a Vec cannot fail
+    let _ = z.write_all(&raw);
+    let idat = z.finish().unwrap_or_default();
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&(width as u32).to_be_bytes());
+    ihdr.extend_from_slice(&(height as u32).to_be_bytes());
+    let colour = if channels == 4 { 6 } else { 2 };
+    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
 }
 
 fn crc32(data: &[u8]) -> u32 {
