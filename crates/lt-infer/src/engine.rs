@@ -736,7 +736,11 @@ impl<'m> Generator<'m> {
         let pos_t = Tensor::from_slice(&pos)
             .view([b as i64, t as i64])
             .to_device(dev);
-        let all_full = b == 1 && plans[0].as_ref().is_some_and(|p| p.causal);
+        // Every row sees all of its own slots: the model's causal path is exact, also for a ragged
+        // batch of single-token steps (it hides each row's slots past its own length), and it keeps
+        // the fused kernel and skips building a [B, 1, T, K] mask every step.
+        let all_full =
+            (b == 1 || t == 1) && plans.iter().all(|p| p.as_ref().is_some_and(|p| p.causal));
         let mask_t;
         let mask = if all_full {
             AttnMask::Causal
