@@ -5,6 +5,25 @@ pub const NO_ANSWER: &str = "error";
 
 const BOXED: &str = "\\boxed{";
 
+/// Byte index of the `}` that closes a group whose contents start at `start` (just after its `{`),
+/// counting nested braces; `None` when it never closes.
+pub(crate) fn closing_brace(text: &str, start: usize) -> Option<usize> {
+    let mut depth = 1usize;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(start + i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// All balanced `\boxed{...}` contents of `text`, left to right, non-overlapping, untrimmed.
 ///
 /// Unlike the reference's regex (which allows only one level of nested braces), any nesting depth is
@@ -15,21 +34,7 @@ pub fn boxed_contents(text: &str) -> Vec<&str> {
     let mut from = 0;
     while let Some(rel) = text[from..].find(BOXED) {
         let start = from + rel + BOXED.len();
-        let mut depth = 1usize;
-        let mut end = None;
-        for (i, c) in text[start..].char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(start + i);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let end = closing_brace(text, start);
         match end {
             Some(e) => {
                 if e > start {

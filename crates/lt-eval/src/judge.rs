@@ -202,22 +202,7 @@ fn unwrap_commands(s: &str) -> String {
         for w in WRAPPERS {
             if let Some(p) = s.find(w) {
                 let start = p + w.len();
-                let mut depth = 1usize;
-                let mut end = None;
-                for (i, c) in s[start..].char_indices() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                end = Some(start + i);
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(e) = end {
+                if let Some(e) = crate::extract::closing_brace(&s, start) {
                     s = format!("{}{}{}", &s[..p], &s[start..e], &s[e + 1..]);
                     changed = true;
                 }

@@ -98,22 +98,26 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
-/// SVG line chart of the KV length after each generated token, one line per (label, curve).
-pub fn kv_curves_svg(title: &str, series: &[(String, Vec<usize>)]) -> String {
+/// Axis maxima of KV curves: the longest curve, and a round number above the largest KV length.
+fn kv_ranges(series: &[(String, Vec<usize>)]) -> (f64, f64) {
     let xmax = series
         .iter()
         .map(|(_, c)| c.len())
         .max()
         .unwrap_or(1)
-        .max(1) as f64;
-    let ymax = nice_max(
-        series
-            .iter()
-            .flat_map(|(_, c)| c.iter())
-            .copied()
-            .max()
-            .unwrap_or(1) as f64,
-    );
+        .max(1);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, c)| c.iter())
+        .copied()
+        .max()
+        .unwrap_or(1);
+    (xmax as f64, nice_max(ymax as f64))
+}
+
+/// SVG line chart of the KV length after each generated token, one line per (label, curve).
+pub fn kv_curves_svg(title: &str, series: &[(String, Vec<usize>)]) -> String {
+    let (xmax, ymax) = kv_ranges(series);
     let mut o = String::new();
     svg_frame(&mut o, title, "generated token", "KV length (tokens)", ymax);
     let (x0, y0, x1, y1) = (ML, MT, W as f64 - MR, H as f64 - MB);
@@ -283,20 +287,7 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 
 /// PNG (no text; colours as in the SVG legend) of the KV curves.
 pub fn kv_curves_png(series: &[(String, Vec<usize>)]) -> Vec<u8> {
-    let xmax = series
-        .iter()
-        .map(|(_, c)| c.len())
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let ymax = nice_max(
-        series
-            .iter()
-            .flat_map(|(_, c)| c.iter())
-            .copied()
-            .max()
-            .unwrap_or(1) as f64,
-    );
+    let (xmax, ymax) = kv_ranges(series);
     let mut cv = Canvas::new();
     cv.axes();
     let (x0, y0, x1, y1) = (ML, MT, W as f64 - MR, H as f64 - MB);
