@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         .get(1)
         .context("usage: lt_model_decode MODEL_DIR [--prompt ids] [--cache-ids ids] ...")?;
     let device = lt_model::device::cuda_if_available();
-    let model = Model::load(dir, device, Kind::Float)?;
+    let model = Model::load_for_inference(dir, device, Kind::Float)?;
     let vocab = model.config().vocab_size as i64;
     let prompt = list(&args, "--prompt", "1,2,3");
     let cache_ids = list(

@@ -162,7 +162,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("loading tokenizer {}", tokenizer_path.display()))?;
     tracing::info!(model = %model_path.display(), ?device, dtype = %a.dtype, "loading model");
-    let model = lt_model::Model::load(&model_path, device, kind)
+    let model = lt_model::Model::load_for_inference(&model_path, device, kind)
         .with_context(|| format!("loading model {}", model_path.display()))?;
     let short = a
         .model_short_tag

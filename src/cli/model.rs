@@ -151,7 +151,7 @@ fn logits(
 ) -> anyhow::Result<()> {
     let kind = lt_model::parse_kind(dtype)?;
     let device = lt_model::device::parse_device(device)?;
-    let model = Model::load(&model_path, device, kind)
+    let model = Model::load_for_inference(&model_path, device, kind)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let f = std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
     let tmp = output.with_extension("jsonl.tmp");

@@ -263,7 +263,7 @@ fn eval_arm(
     bar.set_length(opts.n_eval as u64);
     bar.set_message("generating");
     let vocab = Vocab::load(&iopts.tokenizer_path, &iopts.compress_config, BOS, EOS)?;
-    let model = Model::load(ckpt, Device::Cpu, Kind::Float)?;
+    let model = Model::load_for_inference(ckpt, Device::Cpu, Kind::Float)?;
     let summary = run_with(&iopts, &vocab, &model)?;
     bar.set_position(summary.written as u64);
     let records = lt_eval::read_records(&records_path)?;

@@ -133,13 +133,14 @@ fn main() {
     } else {
         Kind::BFloat16
     };
-    let tiny = Model::random(
+    let mut tiny = Model::random(
         &ModelConfig::tiny_qwen2(1024, 128, 4, 4, 2, 344),
         device,
         kind,
         0,
     )
     .expect("tiny model");
+    tiny.prepack().expect("prepack");
     let n = env("LT_BENCH_TOKENS", 4096);
     let bs = env("LT_BENCH_BATCH", 8);
     let mut rows = Vec::new();
@@ -152,8 +153,9 @@ fn main() {
     }
     let n05 = env("LT_BENCH_05B_TOKENS", 256);
     if n05 > 0 {
-        let big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
+        let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
             .expect("0.5B-shaped model");
+        big.prepack().expect("prepack");
         for method in [Method::Vanilla, Method::LightThinker] {
             rows.push(run(&big, "qwen0.5b", method, n05, 1));
         }

@@ -453,7 +453,7 @@ pub fn run(opts: &InferOptions) -> Result<RunSummary, InferError> {
         &opts.eos_token,
     )?;
     tracing::info!(model = %opts.model_path.display(), "loading model");
-    let model = Model::load(&opts.model_path, opts.device, opts.kind)?;
+    let model = Model::load_for_inference(&opts.model_path, opts.device, opts.kind)?;
     run_with(opts, &vocab, &model)
 }
 

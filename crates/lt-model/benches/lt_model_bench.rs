@@ -99,7 +99,8 @@ fn main() {
     if let Some(dir) = arg(&args, "--model") {
         let kind =
             lt_model::parse_kind(&arg(&args, "--dtype").unwrap_or_else(|| "f32".into())).unwrap();
-        let model = Model::load(&dir, device, kind).unwrap();
+        let mut model = Model::load(&dir, device, kind).unwrap();
+        model.prepack().unwrap();
         let r = bench(&model, prompt, decode, reps);
         println!(
             "{}",
@@ -112,7 +113,8 @@ fn main() {
     let tiny = ModelConfig::tiny_qwen2(597, 64, 2, 4, 2, 176);
     for (name, cfg) in [("tiny-qwen2 (597v, h64, 2L)", tiny)] {
         for kind in [Kind::Float, Kind::BFloat16] {
-            let model = Model::random(&cfg, device, kind, 0).unwrap();
+            let mut model = Model::random(&cfg, device, kind, 0).unwrap();
+            model.prepack().unwrap();
             let r = bench(&model, prompt, decode, reps);
             println!(
                 "{name} {:>8}: prefill {:>9.0} tok/s, decode {:>7.0} tok/s, KV {} B (analytic {} B)",

@@ -28,6 +28,7 @@ mod config;
 pub mod device;
 mod io;
 mod model;
+mod onednn;
 mod rope;
 
 pub use cache::KvCache;

@@ -31,16 +31,158 @@ pub enum Logits {
     None,
 }
 
+/// Weights with at least this many elements take the oneDNN path for f32 on CPU (below it the
+/// per-call oneDNN set-up costs more than it saves; measured crossover ~512×512).
+const ONEDNN_MIN_ELEMENTS: i64 = 512 * 512;
+
+/// [`Model::prepack`] packs only weights with at least this many elements: for smaller ones the
+/// per-call overhead of the boxed oneDNN call outweighs the gain (a 64×64 model got slower,
+/// a 128×896 projection 1.2× faster).
+const PACK_MIN_ELEMENTS: usize = 1 << 16;
+
+/// Whether the f32 CPU inference matmuls go through oneDNN (`LT_ONEDNN=0` turns it off).
+fn onednn_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LT_ONEDNN").map_or(true, |v| v != "0"))
+}
+
+/// Whether autograd is recording (libtorch's thread-local grad mode).
+pub(crate) fn grad_enabled() -> bool {
+    // at_grad_set_enabled returns the previous mode; set it back at once.
+    unsafe {
+        let prev = torch_sys::at_grad_set_enabled(1);
+        torch_sys::at_grad_set_enabled(prev);
+        prev != 0
+    }
+}
+
+/// `y = x Wᵀ + b`. With `fast` (inference, f32, CPU, large `W`) the product runs through
+/// oneDNN (`mkldnn_linear`) instead of the default BLAS: same f32 arithmetic up to summation
+/// order, ~2× faster on CPUs where the bundled MKL takes its AVX2 path (e.g. AMD Zen).
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, fast: bool) -> Tensor {
+    if fast {
+        if let Ok(y) = x
+            .f_to_mkldnn(None::<Kind>)
+            .and_then(|xm| xm.f_mkldnn_linear(w, b))
+            .and_then(|ym| ym.f_to_dense(None::<Kind>, false))
+        {
+            return y;
+        }
+    }
+    x.linear(w, b)
+}
+
+/// Whether `w` qualifies for the oneDNN path (see [`linear`]).
+fn onednn_eligible(w: &Tensor) -> bool {
+    onednn_enabled()
+        && w.kind() == Kind::Float
+        && w.device() == Device::Cpu
+        && w.numel() as i64 >= ONEDNN_MIN_ELEMENTS
+}
+
+/// `x Wᵀ + b` through a prepacked weight when there is one (inference only), else [`linear`].
+fn linear_packed(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    packed: Option<&Tensor>,
+    infer: bool,
+) -> Tensor {
+    if infer {
+        if let Some(p) = packed {
+            match crate::onednn::linear(x, p, b) {
+                Ok(y) => return y,
+                Err(e) => {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| tracing::warn!(error = %e, "oneDNN prepacked linear failed; using the default path"));
+                }
+            }
+        }
+    }
+    linear(x, w, b, infer && onednn_eligible(w))
+}
+
 /// A linear layer `y = x Wᵀ + b` with HF weight layout `[out, in]`.
 #[derive(Debug)]
 struct Linear {
     w: Tensor,
     b: Option<Tensor>,
+    /// oneDNN-prepacked copy of `w` ([`Model::prepack`]); inference only.
+    packed: Option<Tensor>,
 }
 
 impl Linear {
+    fn forward(&self, x: &Tensor, infer: bool) -> Tensor {
+        linear_packed(x, &self.w, self.b.as_ref(), self.packed.as_ref(), infer)
+    }
+}
+
+/// An inference-only copy of several projections stacked along `out` (q|k|v or gate|up), made
+/// by [`Model::prepack`]: one matmul instead of three / two. oneDNN-packed when large, else
+/// dense.
+#[derive(Debug)]
+struct FusedLinear {
+    w: Tensor,
+    b: Option<Tensor>,
+    packed: bool,
+}
+
+impl FusedLinear {
+    fn new(parts: &[&Linear]) -> Result<Self, ModelError> {
+        let ws: Vec<Tensor> = parts.iter().map(|l| l.w.detach()).collect();
+        let w = Tensor::cat(&ws, 0);
+        let b = if parts.iter().all(|l| l.b.is_some()) {
+            let bs: Vec<Tensor> = parts
+                .iter()
+                .filter_map(|l| l.b.as_ref().map(|b| b.detach()))
+                .collect();
+            Some(Tensor::cat(&bs, 0))
+        } else if parts.iter().any(|l| l.b.is_some()) {
+            // mixed biases: fill the missing ones with zeros
+            let bs: Vec<Tensor> = parts
+                .iter()
+                .map(|l| match &l.b {
+                    Some(b) => b.detach(),
+                    None => Tensor::zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
+                })
+                .collect();
+            Some(Tensor::cat(&bs, 0))
+        } else {
+            None
+        };
+        if w.numel() >= PACK_MIN_ELEMENTS && w.device() == Device::Cpu && crate::onednn::available()
+        {
+            let p = crate::onednn::pack(&w)
+                .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))?;
+            return Ok(FusedLinear {
+                w: p,
+                b,
+                packed: true,
+            });
+        }
+        Ok(FusedLinear {
+            w,
+            b,
+            packed: false,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
+        if self.packed {
+            if let Ok(y) = crate::onednn::linear(x, &self.w, self.b.as_ref()) {
+                return y;
+            }
+        }
+        linear(
+            x,
+            &self.w,
+            self.b.as_ref(),
+            onednn_eligible(&self.w) && !self.packed,
+        )
+    }
+
+    fn bytes(&self) -> usize {
+        self.w.numel() * self.w.kind().elt_size_in_bytes()
     }
 }
 
@@ -51,6 +193,17 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Inference: libtorch's fused `rms_norm` — same arithmetic as [`RmsNorm::forward`] (f32:
+    /// one kernel; bf16/f16: normalise in f32, round, then `weight *` in the dtype, as HF).
+    fn forward_infer(&self, x: &Tensor) -> Tensor {
+        let h = [*x.size().last().unwrap_or(&0)];
+        if x.kind() == Kind::Float && self.w.kind() == Kind::Float {
+            x.rms_norm(h, Some(&self.w), self.eps)
+        } else {
+            &self.w * x.rms_norm(h, None::<&Tensor>, self.eps)
+        }
+    }
+
     /// HF: variance in f32, normalise in f32, cast back, times weight.
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
@@ -67,6 +220,8 @@ struct Attention {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// q|k|v stacked ([`Model::prepack`]).
+    qkv: Option<FusedLinear>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -77,6 +232,8 @@ struct AttnInputs<'a> {
     sin: &'a Tensor,
     mask: Option<&'a Tensor>,
     is_causal: bool,
+    /// No autograd: inference-only kernels allowed.
+    infer: bool,
 }
 
 impl Attention {
@@ -87,43 +244,123 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, ModelError> {
         let (b, t, _) = x.size3()?;
-        let q = self
-            .q
-            .forward(x)
-            .view([b, t, self.heads, self.head_dim])
-            .transpose(1, 2);
-        let k = self
-            .k
-            .forward(x)
-            .view([b, t, self.kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let v = self
-            .v
-            .forward(x)
-            .view([b, t, self.kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let q = apply_rope(&q, inp.cos, inp.sin);
-        let k = apply_rope(&k, inp.cos, inp.sin);
+        let (q, k, v) = match (&self.qkv, inp.infer) {
+            (Some(qkv), true) => {
+                // one matmul; RoPE once over the q and k heads together
+                let (h, kvh) = (self.heads, self.kv_heads);
+                let y = qkv
+                    .forward(x)
+                    .view([b, t, h + 2 * kvh, self.head_dim])
+                    .transpose(1, 2);
+                let qk = apply_rope(&y.narrow(1, 0, h + kvh), inp.cos, inp.sin);
+                (
+                    qk.narrow(1, 0, h),
+                    qk.narrow(1, h, kvh),
+                    y.narrow(1, h + kvh, kvh),
+                )
+            }
+            _ => self.project(x, inp, b, t),
+        };
         let (k, v) = match cache {
             Some((c, layer)) => c.append_layer(layer, &k, &v)?,
             None => (k, v),
         };
-        let gqa = self.heads != self.kv_heads;
-        let y = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            inp.mask,
-            0.0,
-            inp.is_causal,
-            None::<f64>,
-            gqa,
-        )?;
+        let keys = k.size().get(2).copied().unwrap_or(0);
+        let y = if t == 1 && inp.infer && eager_is_faster(q.kind(), self.heads, keys, self.head_dim)
+        {
+            eager_attention(&q, &k, &v, inp.mask, self.kv_heads)?
+        } else {
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                inp.mask,
+                0.0,
+                inp.is_causal,
+                None::<f64>,
+                self.heads != self.kv_heads,
+            )?
+        };
         let y = y
             .transpose(1, 2)
             .reshape([b, t, self.heads * self.head_dim]);
-        Ok(self.o.forward(&y))
+        Ok(self.o.forward(&y, inp.infer))
     }
+
+    /// Separate q, k, v projections with RoPE on q and k: `[B, heads, T, D]` each.
+    fn project(
+        &self,
+        x: &Tensor,
+        inp: &AttnInputs<'_>,
+        b: i64,
+        t: i64,
+    ) -> (Tensor, Tensor, Tensor) {
+        let q = self
+            .q
+            .forward(x, inp.infer)
+            .view([b, t, self.heads, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k
+            .forward(x, inp.infer)
+            .view([b, t, self.kv_heads, self.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v
+            .forward(x, inp.infer)
+            .view([b, t, self.kv_heads, self.head_dim])
+            .transpose(1, 2);
+        (
+            apply_rope(&q, inp.cos, inp.sin),
+            apply_rope(&k, inp.cos, inp.sin),
+            v,
+        )
+    }
+}
+
+/// Whether a one-query attention step is faster as explicit matmul + softmax + matmul than
+/// through libtorch's CPU SDPA (whose one-query kernel is slow for long caches, ~8× in bf16 at
+/// 4k keys). Thresholds on `heads × keys × head_dim` from a sweep on a 2-core AMD EPYC
+/// (docs/model.md); CUDA always takes SDPA.
+fn eager_is_faster(kind: Kind, heads: i64, keys: i64, head_dim: i64) -> bool {
+    let work = heads * keys * head_dim;
+    match kind {
+        Kind::BFloat16 | Kind::Half => work >= 128 * 1024,
+        _ => work >= 800 * 1024,
+    }
+}
+
+/// HF "eager" attention for `q` `[B, H, T, D]` against `k`, `v` `[B, KV, L, D]`: scores in the
+/// dtype, mask (`[B|1, 1, T, L]`, bool or additive), softmax in f32 cast back, times V. GQA by
+/// grouping the query heads of one KV head (no repeated K/V).
+fn eager_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    kv_heads: i64,
+) -> Result<Tensor, ModelError> {
+    let (b, h, t, d) = q.size4()?;
+    let l = k.size()[2];
+    let g = h / kv_heads;
+    let qg = q.reshape([b, kv_heads, g * t, d]);
+    let s = qg.matmul(&k.transpose(-1, -2)) * (1.0 / (d as f64).sqrt());
+    let s = match mask {
+        None => s,
+        Some(m) => {
+            let mb = m.size()[0];
+            let s5 = s.view([b, kv_heads, g, t, l]);
+            let m5 = m.view([mb, 1, 1, t, l]);
+            let s5 = if m.kind() == Kind::Bool {
+                s5.masked_fill(&m5.logical_not(), crate::dtype_min(s.kind()))
+            } else {
+                s5 + m5
+            };
+            s5.view([b, kv_heads, g * t, l])
+        }
+    };
+    let p = s.softmax(-1, Kind::Float).to_kind(q.kind());
+    Ok(p.matmul(v).view([b, h, t, d]))
 }
 
 #[derive(Debug)]
@@ -131,12 +368,23 @@ struct Mlp {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// gate|up stacked ([`Model::prepack`]).
+    gate_up: Option<FusedLinear>,
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.down
-            .forward(&(self.gate.forward(x).silu() * self.up.forward(x)))
+    fn forward(&self, x: &Tensor, infer: bool) -> Tensor {
+        if let (Some(gu), true) = (&self.gate_up, infer) {
+            let y = gu.forward(x);
+            let i = y.size().last().copied().unwrap_or(0) / 2;
+            return self
+                .down
+                .forward(&(y.narrow(-1, 0, i).silu() * y.narrow(-1, i, i)), infer);
+        }
+        self.down.forward(
+            &(self.gate.forward(x, infer).silu() * self.up.forward(x, infer)),
+            infer,
+        )
     }
 }
 
@@ -155,8 +403,15 @@ impl DecoderLayer {
         inp: &AttnInputs<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, ModelError> {
-        let h = x + self.attn.forward(&self.ln1.forward(x), inp, cache)?;
-        Ok(&h + self.mlp.forward(&self.ln2.forward(&h)))
+        let norm = |n: &RmsNorm, x: &Tensor| {
+            if inp.infer {
+                n.forward_infer(x)
+            } else {
+                n.forward(x)
+            }
+        };
+        let h = x + self.attn.forward(&norm(&self.ln1, x), inp, cache)?;
+        Ok(&h + self.mlp.forward(&norm(&self.ln2, &h), inp.infer))
     }
 }
 
@@ -174,6 +429,9 @@ pub struct Model {
     rope: Rope,
     kind: Kind,
     pub(crate) params: Vec<(String, Tensor)>,
+    /// oneDNN-prepacked lm_head ([`Model::prepack`]).
+    head_packed: Option<Tensor>,
+    prepacked: bool,
 }
 
 struct Builder<'a> {
@@ -198,7 +456,7 @@ impl Builder<'_> {
     fn linear(&mut self, name: &str, inp: i64, out: i64, bias: bool) -> Linear {
         let w = self.var(&format!("{name}.weight"), &[out, inp]);
         let b = bias.then(|| self.var(&format!("{name}.bias"), &[out]));
-        Linear { w, b }
+        Linear { w, b, packed: None }
     }
     fn norm(&mut self, name: &str, dim: i64, eps: f64) -> RmsNorm {
         RmsNorm {
@@ -241,11 +499,13 @@ impl Model {
                 heads,
                 kv_heads: kvh,
                 head_dim: hd,
+                qkv: None,
             };
             let mlp = Mlp {
                 gate: bld.linear(&format!("{p}.mlp.gate_proj"), h, inter, mlp_b),
                 up: bld.linear(&format!("{p}.mlp.up_proj"), h, inter, mlp_b),
                 down: bld.linear(&format!("{p}.mlp.down_proj"), inter, h, mlp_b),
+                gate_up: None,
             };
             let ln1 = bld.norm(&format!("{p}.input_layernorm"), h, cfg.rms_norm_eps);
             let ln2 = bld.norm(
@@ -274,6 +534,8 @@ impl Model {
             lm_head,
             kind,
             params,
+            head_packed: None,
+            prepacked: false,
         })
     }
 
@@ -295,6 +557,18 @@ impl Model {
             ?device,
             "loaded model"
         );
+        Ok(model)
+    }
+
+    /// [`Model::load`] followed by [`Model::prepack`]: what an inference-only user wants (fused
+    /// q|k|v and gate|up projections, oneDNN-prepacked weights on CPU).
+    pub fn load_for_inference(
+        dir: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
+        let mut model = Self::load(dir, device, kind)?;
+        model.prepack()?;
         Ok(model)
     }
 
@@ -367,6 +641,88 @@ impl Model {
     /// The output projection `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Prepack every projection and the lm_head into oneDNN's blocked layout for fast CPU
+    /// inference (f32 and bf16; a no-op on CUDA, for other dtypes, or when the loaded libtorch
+    /// lacks oneDNN). Returns the bytes the packed copies take (the dense weights are kept for
+    /// training and saving, so CPU inference holds the linear weights twice).
+    ///
+    /// The packed copies are used only while autograd is off (`tch::no_grad`) and are a
+    /// snapshot: weights changed afterwards (an optimizer step, [`Model::resize_vocab`], loading
+    /// into the var store) are not seen until [`Model::prepack`] runs again ([`Model::resize_vocab`]
+    /// drops them itself). `LT_PREPACK=0` makes this a no-op.
+    ///
+    /// ```no_run
+    /// # use lt_model::{Model, ModelConfig, Device, Kind};
+    /// let mut model = Model::random(&ModelConfig::tiny_llama(64, 32, 2, 4, 2, 64), Device::Cpu, Kind::Float, 0)?;
+    /// let extra_bytes = model.prepack()?;
+    /// assert!(model.is_prepacked() || extra_bytes == 0);
+    /// # Ok::<(), lt_model::ModelError>(())
+    /// ```
+    pub fn prepack(&mut self) -> Result<usize, ModelError> {
+        self.unpack();
+        let off = std::env::var("LT_PREPACK").is_ok_and(|v| v == "0");
+        if off
+            || self.device() != Device::Cpu
+            || !matches!(self.kind, Kind::Float | Kind::BFloat16)
+            || !crate::onednn::available()
+        {
+            return Ok(0);
+        }
+        let _g = tch::no_grad_guard();
+        let pack = |w: &Tensor| -> Result<Tensor, ModelError> {
+            crate::onednn::pack(&w.detach())
+                .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))
+        };
+        let mut bytes = 0;
+        for l in &mut self.layers {
+            let qkv = FusedLinear::new(&[&l.attn.q, &l.attn.k, &l.attn.v])?;
+            let gate_up = FusedLinear::new(&[&l.mlp.gate, &l.mlp.up])?;
+            bytes += qkv.bytes() + gate_up.bytes();
+            l.attn.qkv = Some(qkv);
+            l.mlp.gate_up = Some(gate_up);
+            for lin in [&mut l.attn.o, &mut l.mlp.down] {
+                if lin.w.numel() >= PACK_MIN_ELEMENTS {
+                    lin.packed = Some(pack(&lin.w)?);
+                    bytes += lin.w.numel() * self.kind.elt_size_in_bytes();
+                }
+            }
+        }
+        let head = self.lm_head().shallow_clone();
+        if head.numel() >= PACK_MIN_ELEMENTS {
+            self.head_packed = Some(pack(&head)?);
+            bytes += head.numel() * self.kind.elt_size_in_bytes();
+        }
+        self.prepacked = true;
+        tracing::debug!(bytes, "prepacked weights for oneDNN");
+        Ok(bytes)
+    }
+
+    /// Drop the prepacked copies made by [`Model::prepack`].
+    pub fn unpack(&mut self) {
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.attn.q,
+                &mut l.attn.k,
+                &mut l.attn.v,
+                &mut l.attn.o,
+                &mut l.mlp.gate,
+                &mut l.mlp.up,
+                &mut l.mlp.down,
+            ] {
+                lin.packed = None;
+            }
+            l.attn.qkv = None;
+            l.mlp.gate_up = None;
+        }
+        self.head_packed = None;
+        self.prepacked = false;
+    }
+
+    /// Whether [`Model::prepack`] ran (weights below the size threshold stay dense).
+    pub fn is_prepacked(&self) -> bool {
+        self.prepacked
     }
 
     /// An empty cache for `batch` rows with `capacity` preallocated slots (grows when needed).
@@ -453,20 +809,26 @@ impl Model {
         // Build the SDPA mask.
         let (attn_mask, is_causal) = self.build_mask(mask, b, t, keys, &lens_before, uniform)?;
 
-        let (cos, sin) = self.rope.cos_sin(&pos, self.kind);
+        let infer = !grad_enabled();
+        let pos_rows: Vec<i64> = Vec::<i64>::try_from(pos.to_device(Device::Cpu).reshape([-1]))?;
+        let (cos, sin) = if dev == Device::Cpu {
+            self.rope.cos_sin_host(&pos_rows, b, t, self.kind)
+        } else {
+            self.rope.cos_sin(&pos, self.kind)
+        };
         let inp = AttnInputs {
             cos: &cos,
             sin: &sin,
             mask: attn_mask.as_ref(),
             is_causal,
+            infer,
         };
         let mut x = Tensor::f_embedding(&self.embed, &ids, -1, false, false)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &inp, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
-            let flat = Vec::<i64>::try_from(pos.to_device(Device::Cpu).reshape([-1]))?;
-            let rows: Vec<Vec<i64>> = flat.chunks(t as usize).map(|r| r.to_vec()).collect();
+            let rows: Vec<Vec<i64>> = pos_rows.chunks(t as usize).map(|r| r.to_vec()).collect();
             c.commit(&rows);
         }
         let x = match logits {
@@ -474,10 +836,12 @@ impl Model {
             _ => x,
         };
         let x = self.norm.forward(&x);
+        let head =
+            |x: &Tensor| linear_packed(x, self.lm_head(), None, self.head_packed.as_ref(), infer);
         Ok(match logits {
             Logits::None => x,
-            Logits::All => x.linear(self.lm_head(), None::<&Tensor>),
-            Logits::Last => x.linear(self.lm_head(), None::<&Tensor>).squeeze_dim(1),
+            Logits::All => head(&x),
+            Logits::Last => head(&x).squeeze_dim(1),
         })
     }
 
@@ -593,6 +957,7 @@ impl Model {
                 )));
             }
         }
+        self.unpack();
         let _g = tch::no_grad_guard();
         let std = self.cfg.initializer_range;
         let resize = |t: &Tensor| -> Tensor {
@@ -637,5 +1002,68 @@ impl Model {
         max_shard_bytes: usize,
     ) -> Result<(), ModelError> {
         crate::io::save_hf(self, dir.as_ref(), dtype, max_shard_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    }
+
+    /// The eager one-query attention equals SDPA: GQA, a batch of 2, no mask / bool / additive.
+    #[test]
+    fn eager_attention_equals_sdpa() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(0);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for t in [1i64, 3] {
+                let (b, h, kvh, l, d) = (2i64, 6i64, 2i64, 37i64, 16i64);
+                let q = Tensor::randn([b, h, t, d], (kind, Device::Cpu));
+                // keys as a narrowed cache view, like the real path
+                let kc = Tensor::randn([b, kvh, l + 5, d], (kind, Device::Cpu));
+                let vc = Tensor::randn([b, kvh, l + 5, d], (kind, Device::Cpu));
+                let (k, v) = (kc.narrow(2, 0, l), vc.narrow(2, 0, l));
+                let bool_m = Tensor::rand([b, 1, t, l], (Kind::Float, Device::Cpu)).gt(0.4);
+                let _ = bool_m.narrow(3, l - 1, 1).fill_(1);
+                let add_m = Tensor::zeros([1, 1, t, l], (kind, Device::Cpu)).masked_fill(
+                    &bool_m.narrow(0, 0, 1).logical_not(),
+                    crate::dtype_min(kind),
+                );
+                for m in [None, Some(&bool_m), Some(&add_m)] {
+                    let want = Tensor::scaled_dot_product_attention(
+                        &q,
+                        &k,
+                        &v,
+                        m,
+                        0.0,
+                        false,
+                        None::<f64>,
+                        true,
+                    );
+                    let got = eager_attention(&q, &k, &v, m, kvh).unwrap();
+                    let tol = if kind == Kind::Float { 1e-5 } else { 3e-2 };
+                    let diff = max_diff(&got, &want);
+                    assert!(diff <= tol, "{kind:?} t={t} mask={}: {diff}", m.is_some());
+                }
+                // and the mask matters: no mask differs from the bool mask
+                let unmasked = eager_attention(&q, &k, &v, None, kvh).unwrap();
+                let masked = eager_attention(&q, &k, &v, Some(&bool_m), kvh).unwrap();
+                assert!(max_diff(&unmasked, &masked) > 0.1);
+            }
+        }
+    }
+
+    #[test]
+    fn eager_threshold_is_dtype_aware() {
+        assert!(eager_is_faster(Kind::BFloat16, 14, 256, 64));
+        assert!(!eager_is_faster(Kind::BFloat16, 4, 64, 16));
+        assert!(eager_is_faster(Kind::Float, 14, 1024, 64));
+        assert!(!eager_is_faster(Kind::Float, 4, 4096, 32));
     }
 }

@@ -34,9 +34,20 @@ fn read_jsonl<T: for<'a> Deserialize<'a>>(p: &std::path::Path) -> Vec<T> {
 }
 
 /// Check every request of a fixture folder; returns the number of requests checked.
+/// Both the plain model and the inference-prepacked one ([`Model::load_for_inference`]: fused
+/// q|k|v and gate|up, fused RMSNorm, host RoPE) must match.
 fn check_fixture(name: &str) -> usize {
     let dir = fixtures().join(name);
-    let model = Model::load(dir.join("model"), Device::Cpu, Kind::Float).unwrap();
+    let plain = Model::load(dir.join("model"), Device::Cpu, Kind::Float).unwrap();
+    let packed = Model::load_for_inference(dir.join("model"), Device::Cpu, Kind::Float).unwrap();
+    assert!(packed.is_prepacked() && !plain.is_prepacked());
+    let n = check_model(name, &plain);
+    assert_eq!(check_model(name, &packed), n);
+    n
+}
+
+fn check_model(name: &str, model: &Model) -> usize {
+    let dir = fixtures().join(name);
     let reqs: Vec<Request> = read_jsonl(&dir.join("requests.jsonl"));
     let exps: Vec<Expected> = read_jsonl(&dir.join("expected.jsonl"));
     assert_eq!(reqs.len(), exps.len());

@@ -1,0 +1,210 @@
+//! Inference prepacking ([`Model::prepack`]): fused q|k|v and gate|up projections, oneDNN-packed
+//! weights (large enough matrices), fused RMSNorm, host RoPE and the eager one-query attention
+//! must give the plain model's logits; autograd never sees the packed copies.
+mod common;
+
+use common::*;
+use lt_model::{AttnMask, Device, Kind, Logits, Model, ModelConfig};
+
+/// Weights above the oneDNN packing threshold (65,536 elements): q|k|v 384×256, gate|up 1024×256,
+/// o 256×256, down 256×512, lm_head 300×256. head_dim 64, 4 heads: the bf16 eager attention
+/// kicks in from 512 cached keys.
+fn cfg(qwen: bool) -> ModelConfig {
+    let mut c = if qwen {
+        ModelConfig::tiny_qwen2(300, 256, 2, 4, 2, 512)
+    } else {
+        ModelConfig::tiny_llama(300, 256, 2, 4, 2, 512)
+    };
+    c.initializer_range = 0.05;
+    c
+}
+
+/// Logits of: a prefill with a LightThinker-style bool mask and holes in the positions, an
+/// eviction, then single-token decode steps (Logits::All for the prefill, Last for the steps).
+fn run(m: &Model, prompt: usize, steps: usize) -> Vec<tch::Tensor> {
+    let toks = ids(prompt + steps, 0, 300, 5);
+    let pos: Vec<i64> = (0..prompt as i64)
+        .map(|p| if p < 4 { p } else { p + 3 })
+        .collect();
+    let rows: Vec<Vec<(u32, u32)>> = (0..prompt)
+        .map(|r| {
+            if r >= 6 {
+                vec![(0, 2), (4, r as u32 + 1)]
+            } else {
+                vec![(0, r as u32 + 1)]
+            }
+        })
+        .collect();
+    let mask = bool_mask(prompt, &rows);
+    let mut cache = m.new_cache(1, 8);
+    let mut out = vec![m
+        .forward(
+            &row(&toks[..prompt]),
+            &row(&pos),
+            AttnMask::Bool(&mask),
+            Some(&mut cache),
+            Logits::All,
+        )
+        .unwrap()];
+    cache.evict(2..4);
+    let first = *pos.last().unwrap() + 1;
+    for i in 0..steps {
+        let next = first + i as i64;
+        out.push(
+            m.forward(
+                &row(&toks[prompt + i..prompt + i + 1]),
+                &row(&[next]),
+                AttnMask::Causal,
+                Some(&mut cache),
+                Logits::Last,
+            )
+            .unwrap(),
+        );
+    }
+    out
+}
+
+/// A model with the same weights as `m` (tests run in parallel threads sharing libtorch's global
+/// RNG, so two `Model::random` calls with one seed need not agree).
+fn twin(m: &Model, kind: Kind) -> Model {
+    let mut t = Model::random(m.config(), Device::Cpu, kind, 0).unwrap();
+    let src: std::collections::HashMap<String, tch::Tensor> =
+        m.named_parameters().into_iter().collect();
+    let _g = tch::no_grad_guard();
+    for (name, mut p) in t.named_parameters() {
+        p.copy_(&src[&name]);
+    }
+    t.unpack();
+    t
+}
+
+fn worst(a: &[tch::Tensor], b: &[tch::Tensor]) -> (f64, f64) {
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| max_diff(x, y))
+        .fold(0.0, f64::max);
+    let s = a.iter().map(max_abs).fold(0.0, f64::max);
+    (d, s)
+}
+
+#[test]
+fn prepacked_f32_equals_plain() {
+    let _g = tch::no_grad_guard();
+    for qwen in [true, false] {
+        let plain = Model::random(&cfg(qwen), Device::Cpu, Kind::Float, 7).unwrap();
+        let mut packed = twin(&plain, Kind::Float);
+        let extra = packed.prepack().unwrap();
+        assert!(packed.is_prepacked());
+        // fused copies of every projection + the head (dense or packed): at least the weights
+        let linear: usize = 2 * (384 * 256 + 1024 * 256 + 256 * 256 + 256 * 512) + 300 * 256;
+        assert!(extra >= linear * 4, "{extra} < {}", linear * 4);
+        let (d, s) = worst(&run(&plain, 24, 6), &run(&packed, 24, 6));
+        assert!(d <= 2e-5 * s, "qwen={qwen}: max diff {d} (scale {s})");
+        // unpack restores the plain path exactly
+        packed.unpack();
+        let (d, _) = worst(&run(&plain, 24, 6), &run(&packed, 24, 6));
+        assert_eq!(d, 0.0);
+    }
+}
+
+#[test]
+fn prepacked_bf16_with_eager_attention_stays_close() {
+    let _g = tch::no_grad_guard();
+    let reference = Model::random(&cfg(true), Device::Cpu, Kind::Float, 9).unwrap();
+    let mut packed = twin(&reference, Kind::BFloat16);
+    packed.prepack().unwrap();
+    // 600-token prompt: the decode steps attend to > 512 keys (eager path in bf16)
+    let want = run(&reference, 600, 4);
+    let got = run(&packed, 600, 4);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (d, s) = (max_diff(g, w), max_abs(w));
+        assert!(d <= 0.05 * s, "forward {i}: bf16 diff {d} vs scale {s}");
+    }
+    // and a wrong context is detectably different at that tolerance: drop the eviction
+    let other = {
+        let toks = ids(604, 0, 300, 5);
+        let mut cache = packed.new_cache(1, 8);
+        let pos: Vec<i64> = (0..600).collect();
+        packed
+            .forward(
+                &row(&toks[..600]),
+                &row(&pos),
+                AttnMask::Causal,
+                Some(&mut cache),
+                Logits::All,
+            )
+            .unwrap()
+    };
+    assert!(
+        max_diff(&other.narrow(1, 10, 100), &want[0].narrow(1, 10, 100)) > 0.05 * max_abs(&want[0])
+    );
+}
+
+#[test]
+fn autograd_ignores_the_packed_copies() {
+    let cfg = cfg(false);
+    let mut m = Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+    let fresh = twin(&m, Kind::Float);
+    m.prepack().unwrap();
+    // change a weight after packing: the packed copy is now stale
+    {
+        let _g = tch::no_grad_guard();
+        let (_, w) = m
+            .named_parameters()
+            .into_iter()
+            .find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        let mut w = w;
+        let _ = w.g_mul_scalar_(2.0);
+    }
+    let toks = ids(10, 0, 300, 1);
+    {
+        let _g = tch::no_grad_guard();
+        let (_, w) = fresh
+            .named_parameters()
+            .into_iter()
+            .find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        let mut w = w;
+        let _ = w.g_mul_scalar_(2.0);
+    }
+    let x = |m: &Model| {
+        m.forward(
+            &row(&toks),
+            &arange_row(0, 10),
+            AttnMask::Causal,
+            None,
+            Logits::All,
+        )
+        .unwrap()
+    };
+    // with autograd on, training sees the current weights (bit-identical to an unpacked model)
+    let train = x(&m);
+    assert!(train.requires_grad());
+    assert_eq!(max_diff(&train, &x(&fresh)), 0.0);
+    // without autograd the (stale) snapshot is used: documented, and detectable
+    let _g = tch::no_grad_guard();
+    assert!(max_diff(&x(&m), &x(&fresh)) > 1e-3);
+    m.prepack().unwrap();
+    assert!(max_diff(&x(&m), &x(&fresh)) <= 2e-5 * max_abs(&x(&fresh)));
+}
+
+#[test]
+fn resize_vocab_drops_the_packs() {
+    let mut m = Model::random(&cfg(true), Device::Cpu, Kind::Float, 1).unwrap();
+    m.prepack().unwrap();
+    m.resize_vocab(310, &[]).unwrap();
+    assert!(!m.is_prepacked());
+    let _g = tch::no_grad_guard();
+    let l = m
+        .forward(
+            &row(&[1, 2, 309]),
+            &arange_row(0, 3),
+            AttnMask::Causal,
+            None,
+            Logits::Last,
+        )
+        .unwrap();
+    assert_eq!(l.size(), vec![1, 310]);
+}
