@@ -219,8 +219,14 @@ impl KvCache {
         let (Some(kc), Some(vc)) = (self.k.get_mut(layer), self.v.get_mut(layer)) else {
             return Err(ModelError::Input(format!("cache has no layer {layer}")));
         };
-        let k_new = k_new.to_kind(self.kind);
-        let v_new = v_new.to_kind(self.kind);
+        let cast = |t: &Tensor| {
+            if t.kind() == self.kind {
+                t.shallow_clone()
+            } else {
+                t.to_kind(self.kind)
+            }
+        };
+        let (k_new, v_new) = (cast(k_new), cast(v_new));
         let uniform = self.lens.windows(2).all(|w| w[0] == w[1]);
         if uniform {
             let l = self.lens.first().copied().unwrap_or(0) as i64;

@@ -33,7 +33,7 @@ mod rope;
 
 pub use cache::KvCache;
 pub use config::{Family, ModelConfig, RopeScaling};
-pub use model::{AttnMask, Logits, Model};
+pub use model::{AttnMask, Logits, Model, PrepackStats};
 pub use tch::{Device, Kind};
 
 use std::path::PathBuf;

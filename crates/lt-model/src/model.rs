@@ -35,15 +35,35 @@ pub enum Logits {
 /// per-call oneDNN set-up costs more than it saves; measured crossover ~512×512).
 const ONEDNN_MIN_ELEMENTS: i64 = 512 * 512;
 
-/// [`Model::prepack`] packs only weights with at least this many elements: for smaller ones the
-/// per-call overhead of the boxed oneDNN call outweighs the gain (a 64×64 model got slower,
-/// a 128×896 projection 1.2× faster).
-const PACK_MIN_ELEMENTS: usize = 1 << 16;
+/// [`Model::prepack`] oneDNN-packs only weights with at least this many elements (`LT_PACK_MIN`
+/// overrides): for smaller, cache-resident ones the ~15 µs per-call overhead of the boxed oneDNN
+/// call outweighs the gain (a 4-layer width-128 model decoded 3.9k tok/s unpacked vs 3.1k with
+/// its 88k-element gate|up packed), while every matrix of a 0.5B model (≥ 0.8M elements) gains.
+const PACK_MIN_ELEMENTS_DEFAULT: usize = 1 << 18;
+
+fn pack_min_elements() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LT_PACK_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PACK_MIN_ELEMENTS_DEFAULT)
+    })
+}
 
 /// Whether the f32 CPU inference matmuls go through oneDNN (`LT_ONEDNN=0` turns it off).
 fn onednn_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("LT_ONEDNN").map_or(true, |v| v != "0"))
+}
+
+/// `t` as Int64 on `dev`, without a libtorch call when it already is.
+fn to_dev_i64(t: &Tensor, dev: Device) -> Tensor {
+    match (t.device() == dev, t.kind() == Kind::Int64) {
+        (true, true) => t.shallow_clone(),
+        (true, false) => t.to_kind(Kind::Int64),
+        _ => t.to_device(dev).to_kind(Kind::Int64),
+    }
 }
 
 /// Whether autograd is recording (libtorch's thread-local grad mode).
@@ -102,6 +122,17 @@ fn linear_packed(
     linear(x, w, b, infer && onednn_eligible(w))
 }
 
+/// What [`Model::prepack`] made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrepackStats {
+    /// Bytes of the extra (fused / packed) weight copies.
+    pub bytes: usize,
+    /// Fused projections (q|k|v and gate|up per layer).
+    pub fused: usize,
+    /// Matrices in oneDNN's packed layout.
+    pub onednn: usize,
+}
+
 /// A linear layer `y = x Wᵀ + b` with HF weight layout `[out, in]`.
 #[derive(Debug)]
 struct Linear {
@@ -128,7 +159,7 @@ struct FusedLinear {
 }
 
 impl FusedLinear {
-    fn new(parts: &[&Linear]) -> Result<Self, ModelError> {
+    fn new(parts: &[&Linear], onednn: bool) -> Result<Self, ModelError> {
         let ws: Vec<Tensor> = parts.iter().map(|l| l.w.detach()).collect();
         let w = Tensor::cat(&ws, 0);
         let b = if parts.iter().all(|l| l.b.is_some()) {
@@ -150,8 +181,7 @@ impl FusedLinear {
         } else {
             None
         };
-        if w.numel() >= PACK_MIN_ELEMENTS && w.device() == Device::Cpu && crate::onednn::available()
-        {
+        if onednn && w.numel() >= pack_min_elements() {
             let p = crate::onednn::pack(&w)
                 .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))?;
             return Ok(FusedLinear {
@@ -410,6 +440,14 @@ impl DecoderLayer {
                 n.forward(x)
             }
         };
+        if inp.infer {
+            // residual adds in place into the fresh outputs (no autograd to care about)
+            let mut h = self.attn.forward(&norm(&self.ln1, x), inp, cache)?;
+            let _ = h.g_add_(x);
+            let mut y = self.mlp.forward(&norm(&self.ln2, &h), true);
+            let _ = y.g_add_(&h);
+            return Ok(y);
+        }
         let h = x + self.attn.forward(&norm(&self.ln1, x), inp, cache)?;
         Ok(&h + self.mlp.forward(&norm(&self.ln2, &h), inp.infer))
     }
@@ -643,10 +681,11 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Prepack every projection and the lm_head into oneDNN's blocked layout for fast CPU
-    /// inference (f32 and bf16; a no-op on CUDA, for other dtypes, or when the loaded libtorch
-    /// lacks oneDNN). Returns the bytes the packed copies take (the dense weights are kept for
-    /// training and saving, so CPU inference holds the linear weights twice).
+    /// Prepare for fast CPU inference: stack q|k|v and gate|up into one projection each and
+    /// prepack large matrices (those ≥ 2¹⁸ elements, incl. the lm_head) into oneDNN's blocked
+    /// layout (f32 and bf16, when the loaded libtorch has oneDNN). A no-op on CUDA. The dense
+    /// weights are kept for training and saving, so CPU inference holds the linear weights twice
+    /// ([`PrepackStats::bytes`] says how much extra).
     ///
     /// The packed copies are used only while autograd is off (`tch::no_grad`) and are a
     /// snapshot: weights changed afterwards (an optimizer step, [`Model::resize_vocab`], loading
@@ -656,47 +695,53 @@ impl Model {
     /// ```no_run
     /// # use lt_model::{Model, ModelConfig, Device, Kind};
     /// let mut model = Model::random(&ModelConfig::tiny_llama(64, 32, 2, 4, 2, 64), Device::Cpu, Kind::Float, 0)?;
-    /// let extra_bytes = model.prepack()?;
-    /// assert!(model.is_prepacked() || extra_bytes == 0);
+    /// let stats = model.prepack()?;
+    /// assert_eq!(stats.fused, 4); // q|k|v and gate|up of 2 layers
+    /// assert!(model.is_prepacked());
     /// # Ok::<(), lt_model::ModelError>(())
     /// ```
-    pub fn prepack(&mut self) -> Result<usize, ModelError> {
+    pub fn prepack(&mut self) -> Result<PrepackStats, ModelError> {
         self.unpack();
         let off = std::env::var("LT_PREPACK").is_ok_and(|v| v == "0");
-        if off
-            || self.device() != Device::Cpu
-            || !matches!(self.kind, Kind::Float | Kind::BFloat16)
-            || !crate::onednn::available()
-        {
-            return Ok(0);
+        if off || self.device() != Device::Cpu {
+            return Ok(PrepackStats::default());
         }
+        let onednn =
+            matches!(self.kind, Kind::Float | Kind::BFloat16) && crate::onednn::available();
         let _g = tch::no_grad_guard();
         let pack = |w: &Tensor| -> Result<Tensor, ModelError> {
             crate::onednn::pack(&w.detach())
                 .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))
         };
-        let mut bytes = 0;
+        let elt = self.kind.elt_size_in_bytes();
+        let mut stats = PrepackStats::default();
         for l in &mut self.layers {
-            let qkv = FusedLinear::new(&[&l.attn.q, &l.attn.k, &l.attn.v])?;
-            let gate_up = FusedLinear::new(&[&l.mlp.gate, &l.mlp.up])?;
-            bytes += qkv.bytes() + gate_up.bytes();
+            let qkv = FusedLinear::new(&[&l.attn.q, &l.attn.k, &l.attn.v], onednn)?;
+            let gate_up = FusedLinear::new(&[&l.mlp.gate, &l.mlp.up], onednn)?;
+            for f in [&qkv, &gate_up] {
+                stats.bytes += f.bytes();
+                stats.fused += 1;
+                stats.onednn += usize::from(f.packed);
+            }
             l.attn.qkv = Some(qkv);
             l.mlp.gate_up = Some(gate_up);
             for lin in [&mut l.attn.o, &mut l.mlp.down] {
-                if lin.w.numel() >= PACK_MIN_ELEMENTS {
+                if onednn && lin.w.numel() >= pack_min_elements() {
                     lin.packed = Some(pack(&lin.w)?);
-                    bytes += lin.w.numel() * self.kind.elt_size_in_bytes();
+                    stats.bytes += lin.w.numel() * elt;
+                    stats.onednn += 1;
                 }
             }
         }
         let head = self.lm_head().shallow_clone();
-        if head.numel() >= PACK_MIN_ELEMENTS {
+        if onednn && head.numel() >= pack_min_elements() {
             self.head_packed = Some(pack(&head)?);
-            bytes += head.numel() * self.kind.elt_size_in_bytes();
+            stats.bytes += head.numel() * elt;
+            stats.onednn += 1;
         }
         self.prepacked = true;
-        tracing::debug!(bytes, "prepacked weights for oneDNN");
-        Ok(bytes)
+        tracing::debug!(?stats, "prepacked weights for CPU inference");
+        Ok(stats)
     }
 
     /// Drop the prepacked copies made by [`Model::prepack`].
@@ -770,10 +815,17 @@ impl Model {
                 position_ids.size()
             )));
         }
-        let ids = input_ids.to_device(dev).to_kind(Kind::Int64);
-        let pos = position_ids.to_device(dev).to_kind(Kind::Int64);
+        let ids = to_dev_i64(input_ids, dev);
+        let pos = to_dev_i64(position_ids, dev);
         if ids.numel() > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let (lo, hi) = if dev == Device::Cpu {
+                // one host copy instead of two reductions and two reads
+                let v = Vec::<i64>::try_from(ids.reshape([-1]))?;
+                let lo = v.iter().copied().min().unwrap_or(0);
+                (lo, v.iter().copied().max().unwrap_or(0))
+            } else {
+                (ids.min().int64_value(&[]), ids.max().int64_value(&[]))
+            };
             if lo < 0 || hi >= self.cfg.vocab_size as i64 {
                 return Err(ModelError::Input(format!(
                     "token id out of range [0, {}): min {lo}, max {hi}",

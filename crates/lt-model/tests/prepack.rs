@@ -6,14 +6,14 @@ mod common;
 use common::*;
 use lt_model::{AttnMask, Device, Kind, Logits, Model, ModelConfig};
 
-/// Weights above the oneDNN packing threshold (65,536 elements): q|k|v 384×256, gate|up 1024×256,
-/// o 256×256, down 256×512, lm_head 300×256. head_dim 64, 4 heads: the bf16 eager attention
-/// kicks in from 512 cached keys.
+/// Weights at or above the oneDNN packing threshold (262,144 elements): q|k|v 768×512, gate|up
+/// 2048×512, o 512×512, down 512×1024, lm_head 600×512. head_dim 128, 4 heads: the bf16 eager
+/// attention kicks in from 256 cached keys.
 fn cfg(qwen: bool) -> ModelConfig {
     let mut c = if qwen {
-        ModelConfig::tiny_qwen2(300, 256, 2, 4, 2, 512)
+        ModelConfig::tiny_qwen2(600, 512, 2, 4, 2, 1024)
     } else {
-        ModelConfig::tiny_llama(300, 256, 2, 4, 2, 512)
+        ModelConfig::tiny_llama(600, 512, 2, 4, 2, 1024)
     };
     c.initializer_range = 0.05;
     c
@@ -22,7 +22,7 @@ fn cfg(qwen: bool) -> ModelConfig {
 /// Logits of: a prefill with a LightThinker-style bool mask and holes in the positions, an
 /// eviction, then single-token decode steps (Logits::All for the prefill, Last for the steps).
 fn run(m: &Model, prompt: usize, steps: usize) -> Vec<tch::Tensor> {
-    let toks = ids(prompt + steps, 0, 300, 5);
+    let toks = ids(prompt + steps, 0, 600, 5);
     let pos: Vec<i64> = (0..prompt as i64)
         .map(|p| if p < 4 { p } else { p + 3 })
         .collect();
@@ -94,10 +94,13 @@ fn prepacked_f32_equals_plain() {
     for qwen in [true, false] {
         let plain = Model::random(&cfg(qwen), Device::Cpu, Kind::Float, 7).unwrap();
         let mut packed = twin(&plain, Kind::Float);
-        let extra = packed.prepack().unwrap();
+        let stats = packed.prepack().unwrap();
+        let extra = stats.bytes;
         assert!(packed.is_prepacked());
+        // every matrix is above the threshold: 2 fused + o + down per layer, and the head
+        assert_eq!((stats.fused, stats.onednn), (4, 9));
         // fused copies of every projection + the head (dense or packed): at least the weights
-        let linear: usize = 2 * (384 * 256 + 1024 * 256 + 256 * 256 + 256 * 512) + 300 * 256;
+        let linear: usize = 2 * (768 * 512 + 2048 * 512 + 512 * 512 + 512 * 1024) + 600 * 512;
         assert!(extra >= linear * 4, "{extra} < {}", linear * 4);
         let (d, s) = worst(&run(&plain, 24, 6), &run(&packed, 24, 6));
         assert!(d <= 2e-5 * s, "qwen={qwen}: max diff {d} (scale {s})");
@@ -123,7 +126,7 @@ fn prepacked_bf16_with_eager_attention_stays_close() {
     }
     // and a wrong context is detectably different at that tolerance: drop the eviction
     let other = {
-        let toks = ids(604, 0, 300, 5);
+        let toks = ids(604, 0, 600, 5);
         let mut cache = packed.new_cache(1, 8);
         let pos: Vec<i64> = (0..600).collect();
         packed
@@ -158,7 +161,7 @@ fn autograd_ignores_the_packed_copies() {
         let mut w = w;
         let _ = w.g_mul_scalar_(2.0);
     }
-    let toks = ids(10, 0, 300, 1);
+    let toks = ids(10, 0, 600, 1);
     {
         let _g = tch::no_grad_guard();
         let (_, w) = fresh
@@ -194,17 +197,17 @@ fn autograd_ignores_the_packed_copies() {
 fn resize_vocab_drops_the_packs() {
     let mut m = Model::random(&cfg(true), Device::Cpu, Kind::Float, 1).unwrap();
     m.prepack().unwrap();
-    m.resize_vocab(310, &[]).unwrap();
+    m.resize_vocab(610, &[]).unwrap();
     assert!(!m.is_prepacked());
     let _g = tch::no_grad_guard();
     let l = m
         .forward(
-            &row(&[1, 2, 309]),
+            &row(&[1, 2, 609]),
             &arange_row(0, 3),
             AttnMask::Causal,
             None,
             Logits::Last,
         )
         .unwrap();
-    assert_eq!(l.size(), vec![1, 310]);
+    assert_eq!(l.size(), vec![1, 610]);
 }
