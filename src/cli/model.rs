@@ -161,7 +161,7 @@ fn logits(
     let mut out = BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );
-    let _g = tch::no_grad_guard();
+    let _g = lt_model::InferenceMode::new();
     let mut n = 0usize;
     for (lineno, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}", input.display(), lineno + 1))?;

@@ -624,7 +624,7 @@ impl<'m> Generator<'m> {
         if b == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let _g = tch::no_grad_guard();
+        let _g = lt_model::InferenceMode::new();
         let mut seqs: Vec<Seq> = (0..b)
             .map(|i| Seq::new(scripts.and_then(|s| s.get(i).cloned())))
             .collect();

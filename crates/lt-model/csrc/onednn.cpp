@@ -89,3 +89,15 @@ at::Tensor* lt_onednn_linear(const at::Tensor* x, const at::Tensor* w, const at:
 }
 
 }  // extern "C"
+
+// c10::InferenceMode as an explicit enter/exit pair (one RAII guard on the heap; exit on the same
+// thread, in reverse order of enter).
+extern "C" void* lt_inference_mode_enter(int enabled) {
+  try {
+    return new c10::InferenceMode(enabled != 0);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+extern "C" void lt_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }

@@ -50,6 +50,9 @@ impl KvCache {
             capacity as i64,
             head_dim as i64,
         ];
+        // ordinary tensors even when made inside InferenceMode: the cache is updated in place
+        // both inside (append) and possibly outside (evict) the mode
+        let _mode = crate::InferenceMode::disabled();
         let alloc = || Tensor::zeros(shape, (kind, device));
         KvCache {
             k: (0..layers).map(|_| alloc()).collect(),
@@ -190,6 +193,7 @@ impl KvCache {
         }
         let new_cap = need.max(self.capacity * 2);
         tracing::debug!(from = self.capacity, to = new_cap, "growing KV cache");
+        let _mode = crate::InferenceMode::disabled();
         let _g = tch::no_grad_guard();
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
             let mut s = t.size();

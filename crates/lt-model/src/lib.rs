@@ -26,6 +26,7 @@
 mod cache;
 mod config;
 pub mod device;
+mod inference_mode;
 mod io;
 mod model;
 mod onednn;
@@ -33,6 +34,7 @@ mod rope;
 
 pub use cache::KvCache;
 pub use config::{Family, ModelConfig, RopeScaling};
+pub use inference_mode::InferenceMode;
 pub use model::{AttnMask, Logits, Model, PrepackStats};
 pub use tch::{Device, Kind};
 

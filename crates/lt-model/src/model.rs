@@ -296,7 +296,9 @@ impl Attention {
             None => (k, v),
         };
         let keys = k.size().get(2).copied().unwrap_or(0);
-        let y = if t == 1 && inp.infer && eager_is_faster(q.kind(), self.heads, keys, self.head_dim)
+        let y = if t == 1
+            && inp.infer
+            && eager_is_faster(q.kind(), b * self.heads, keys, self.head_dim)
         {
             eager_attention(&q, &k, &v, inp.mask, self.kv_heads)?
         } else {
@@ -350,8 +352,8 @@ impl Attention {
 
 /// Whether a one-query attention step is faster as explicit matmul + softmax + matmul than
 /// through libtorch's CPU SDPA (whose one-query kernel is slow for long caches, ~8× in bf16 at
-/// 4k keys). Thresholds on `heads × keys × head_dim` from a sweep on a 2-core AMD EPYC
-/// (docs/model.md); CUDA always takes SDPA.
+/// 4k keys). Thresholds on `batch × heads × keys × head_dim` (pass `heads` = batch × heads)
+/// from a sweep on a 2-core AMD EPYC (docs/model.md).
 fn eager_is_faster(kind: Kind, heads: i64, keys: i64, head_dim: i64) -> bool {
     let work = heads * keys * head_dim;
     match kind {

@@ -211,3 +211,50 @@ fn resize_vocab_drops_the_packs() {
         .unwrap();
     assert_eq!(l.size(), vec![1, 610]);
 }
+
+/// InferenceMode gives the no_grad logits; a cache grown inside the mode can still be evicted
+/// (updated in place) outside it.
+#[test]
+fn inference_mode_matches_no_grad_and_cache_survives_it() {
+    let cfg = ModelConfig::tiny_llama(61, 32, 2, 4, 2, 48);
+    let m = Model::random(&cfg, Device::Cpu, Kind::Float, 4).unwrap();
+    let toks = ids(20, 0, 61, 2);
+    let want = {
+        let _g = tch::no_grad_guard();
+        m.forward(
+            &row(&toks),
+            &arange_row(0, 20),
+            AttnMask::Causal,
+            None,
+            Logits::All,
+        )
+        .unwrap()
+    };
+    let mut cache = m.new_cache(1, 2); // grows inside the mode
+    let got = {
+        let _mode = lt_model::InferenceMode::new();
+        m.forward(
+            &row(&toks[..12]),
+            &arange_row(0, 12),
+            AttnMask::Causal,
+            Some(&mut cache),
+            Logits::All,
+        )
+        .unwrap()
+    };
+    assert!(max_diff(&got, &want.narrow(1, 0, 12)) <= 1e-6 * max_abs(&want));
+    // outside the mode: evict (in-place compaction), then decode under plain no_grad
+    cache.evict(3..5);
+    let _g = tch::no_grad_guard();
+    let next = m
+        .forward(
+            &row(&toks[12..13]),
+            &arange_row(12, 13),
+            AttnMask::Causal,
+            Some(&mut cache),
+            Logits::Last,
+        )
+        .unwrap();
+    assert_eq!(next.size(), vec![1, 61]);
+    assert_eq!(cache.len(), 11);
+}
