@@ -8,7 +8,13 @@ use crate::ModelConfig;
 pub(crate) struct Rope {
     inv_freq: Tensor, // [head_dim/2] f32
     inv_freq_host: Vec<f32>,
+    /// Host table of (cos, sin) per non-negative position, `head_dim/2` values each, grown on
+    /// demand (positions below [`TABLE_MAX`]); the same f32 arithmetic as computing them anew.
+    table: std::sync::RwLock<(Vec<f32>, Vec<f32>)>,
 }
+
+/// Positions beyond this are computed on the fly instead of tabulated.
+const TABLE_MAX: usize = 1 << 17;
 
 impl Rope {
     pub(crate) fn new(cfg: &ModelConfig, device: Device) -> Self {
@@ -49,6 +55,7 @@ impl Rope {
         Rope {
             inv_freq: inv_freq.to_device(device),
             inv_freq_host,
+            table: std::sync::RwLock::new((Vec::new(), Vec::new())),
         }
     }
 
@@ -74,19 +81,30 @@ impl Rope {
     ) -> (Tensor, Tensor) {
         let half = self.inv_freq_host.len();
         let d = 2 * half;
+        let need = positions
+            .iter()
+            .filter(|&&p| p >= 0 && (p as usize) < TABLE_MAX)
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(0);
+        self.grow_table(need);
         let mut cos = vec![0f32; positions.len() * d];
         let mut sin = vec![0f32; positions.len() * d];
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let (tc, ts) = (&table.0, &table.1);
         for (i, &p) in positions.iter().enumerate() {
-            let p = p as f32;
             let (c, s) = (&mut cos[i * d..(i + 1) * d], &mut sin[i * d..(i + 1) * d]);
-            for (j, &f) in self.inv_freq_host.iter().enumerate() {
-                let (sv, cv) = (p * f).sin_cos();
-                c[j] = cv;
-                c[j + half] = cv;
-                s[j] = sv;
-                s[j + half] = sv;
+            if p >= 0 && (p as usize) < tc.len() / half.max(1) {
+                let at = p as usize * half;
+                c[..half].copy_from_slice(&tc[at..at + half]);
+                s[..half].copy_from_slice(&ts[at..at + half]);
+            } else {
+                self.fill(p, &mut c[..half], &mut s[..half]);
             }
+            c.copy_within(..half, half);
+            s.copy_within(..half, half);
         }
+        drop(table);
         let shape = [b, 1, t, d as i64];
         let c = Tensor::from_slice(&cos).view(shape);
         let s = Tensor::from_slice(&sin).view(shape);
@@ -94,6 +112,40 @@ impl Rope {
             (c, s)
         } else {
             (c.to_kind(kind), s.to_kind(kind))
+        }
+    }
+
+    /// cos / sin of `p * inv_freq` (f32 product, as HF's one-term f32 matmul).
+    fn fill(&self, p: i64, c: &mut [f32], s: &mut [f32]) {
+        let p = p as f32;
+        for (j, &f) in self.inv_freq_host.iter().enumerate() {
+            let (sv, cv) = (p * f).sin_cos();
+            c[j] = cv;
+            s[j] = sv;
+        }
+    }
+
+    /// Make the table cover positions `< need` (doubling).
+    fn grow_table(&self, need: usize) {
+        let half = self.inv_freq_host.len();
+        if half == 0 {
+            return;
+        }
+        let have = self.table.read().map(|t| t.0.len() / half).unwrap_or(0);
+        if need <= have {
+            return;
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let have = t.0.len() / half;
+        if need <= have {
+            return;
+        }
+        let target = need.max(2 * have).max(256).min(TABLE_MAX);
+        let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
+        for p in have..target {
+            self.fill(p as i64, &mut c, &mut s);
+            t.0.extend_from_slice(&c);
+            t.1.extend_from_slice(&s);
         }
     }
 }
