@@ -140,7 +140,7 @@ impl Rope {
         if need <= have {
             return;
         }
-        let target = need.max(2 * have).max(256).min(TABLE_MAX);
+        let target = need.max(2 * have).clamp(256, TABLE_MAX);
         let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
         for p in have..target {
             self.fill(p as i64, &mut c, &mut s);
