@@ -161,3 +161,27 @@ fn rotate_half(x: &Tensor) -> Tensor {
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotate_half(x) * sin
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host table (incl. positions past it and negative ones) agrees with libtorch's cos/sin.
+    #[test]
+    fn host_table_matches_tensor_path() {
+        let cfg = ModelConfig::tiny_llama(16, 32, 1, 2, 1, 16);
+        let rope = Rope::new(&cfg, Device::Cpu);
+        let pos: Vec<i64> = vec![0, 1, 7, 300, 1000, 300, TABLE_MAX as i64 + 5, -3];
+        let n = pos.len() as i64;
+        let (hc, hs) = rope.cos_sin_host(&pos, 1, n, Kind::Float);
+        let (tc, ts) = rope.cos_sin(&Tensor::from_slice(&pos).view([1, n]), Kind::Float);
+        for (h, t) in [(hc, tc), (hs, ts)] {
+            assert_eq!(h.size(), t.size());
+            let d = (h - t).abs().max().double_value(&[]);
+            assert!(d < 1e-4, "max diff {d}");
+        }
+        // the table grew to cover 1000 but not the far position
+        let rows = rope.table.read().unwrap().0.len() / 8;
+        assert!((1001..=TABLE_MAX).contains(&rows), "{rows}");
+    }
+}
