@@ -66,6 +66,9 @@ fn to_dev_i64(t: &Tensor, dev: Device) -> Tensor {
     }
 }
 
+/// Serialises this crate's draws from libtorch's global random generator.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Whether autograd is recording (libtorch's thread-local grad mode).
 pub(crate) fn grad_enabled() -> bool {
     // at_grad_set_enabled returns the previous mode; set it back at once.
@@ -613,6 +616,10 @@ impl Model {
     }
 
     /// A seeded random model: weights ~ N(0, initializer_range), biases 0, norms 1 (HF init).
+    ///
+    /// Draws from libtorch's global generator under a process-wide lock (shared with
+    /// [`Model::resize_vocab`]), so concurrent calls in other threads cannot interleave their
+    /// draws: one seed gives one model.
     pub fn random(
         cfg: &ModelConfig,
         device: Device,
@@ -620,6 +627,7 @@ impl Model {
         seed: i64,
     ) -> Result<Self, ModelError> {
         let model = Self::new_zeroed(cfg, device, kind)?;
+        let _rng = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);
         let std = cfg.initializer_range;
         let _g = tch::no_grad_guard();
@@ -1012,6 +1020,7 @@ impl Model {
             }
         }
         self.unpack();
+        let _rng = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let _g = tch::no_grad_guard();
         let std = self.cfg.initializer_range;
         let resize = |t: &Tensor| -> Tensor {
