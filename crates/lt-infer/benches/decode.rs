@@ -49,7 +49,7 @@ struct Row {
     g: Generation,
 }
 
-fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize) -> Row {
+fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize, reps: usize) -> Row {
     let vocab = m.config().vocab_size;
     let gen = Generator::new(m, gen_cfg(method, vocab, tokens));
     let prompts: Vec<PromptInput> = (0..batch)
@@ -64,7 +64,7 @@ fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize) -> Ro
     // best of LT_BENCH_REPS runs (the shared VM is noisy; outputs are identical every run)
     let mut seconds = f64::MAX;
     let mut gens = Vec::new();
-    for _ in 0..env("LT_BENCH_REPS", 3).max(1) {
+    for _ in 0..reps {
         let t0 = Instant::now();
         gens = gen.generate_batch(&prompts, &mut ()).expect("generation");
         seconds = seconds.min(t0.elapsed().as_secs_f64());
@@ -83,7 +83,7 @@ fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize) -> Ro
     }
 }
 
-fn report(rows: &[Row]) {
+fn report(rows: &[Row], write_json: bool) {
     println!(
         "{:<10} {:<13} {:>5} {:>7} {:>9} {:>11} {:>9} {:>10} {:>14} {:>6}",
         "model",
@@ -121,6 +121,9 @@ fn report(rows: &[Row]) {
                 "peak_kv_bytes": r.g.peak_kv_bytes, "dep": r.g.dep, "compressions": r.g.n_compress})
         })
         .collect();
+    if !write_json {
+        return;
+    }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lt-infer-bench.json");
     let _ = std::fs::write(
@@ -147,26 +150,42 @@ fn main() {
     )
     .expect("tiny model");
     tiny.prepack().expect("prepack");
-    let n = env("LT_BENCH_TOKENS", 4096);
-    let bs = env("LT_BENCH_BATCH", 8);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it: then
+    // only a quick smoke run (no 0.5B model, short generations, one rep).
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let reps = if smoke {
+        1
+    } else {
+        env("LT_BENCH_REPS", 3).max(1)
+    };
+    let n = if smoke {
+        64
+    } else {
+        env("LT_BENCH_TOKENS", 4096)
+    };
+    let bs = if smoke { 2 } else { env("LT_BENCH_BATCH", 8) };
     let mut rows = Vec::new();
     for method in [Method::Vanilla, Method::LightThinker] {
-        rows.push(run(&tiny, "tiny", method, n, 1));
+        rows.push(run(&tiny, "tiny", method, n, 1, reps));
     }
     for method in [Method::Vanilla, Method::LightThinker] {
-        rows.push(run(&tiny, "tiny", method, n.min(512), 1));
-        rows.push(run(&tiny, "tiny", method, n.min(512), bs));
+        rows.push(run(&tiny, "tiny", method, n.min(512), 1, reps));
+        rows.push(run(&tiny, "tiny", method, n.min(512), bs, reps));
     }
-    let n05 = env("LT_BENCH_05B_TOKENS", 256);
+    let n05 = if smoke {
+        0
+    } else {
+        env("LT_BENCH_05B_TOKENS", 256)
+    };
     if n05 > 0 {
         let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
             .expect("0.5B-shaped model");
         big.prepack().expect("prepack");
         for method in [Method::Vanilla, Method::LightThinker] {
-            rows.push(run(&big, "qwen0.5b", method, n05, 1));
+            rows.push(run(&big, "qwen0.5b", method, n05, 1, reps));
         }
     }
-    report(&rows);
+    report(&rows, !smoke);
 
     // Criterion: one generation of 128 tokens on the tiny model (per-token time = result / 128).
     let mut c = Criterion::default().sample_size(10).configure_from_args();
