@@ -200,18 +200,24 @@ impl FusedLinear {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// `None` when the oneDNN call fails (the caller then uses the separate projections).
+    fn forward(&self, x: &Tensor) -> Option<Tensor> {
         if self.packed {
-            if let Ok(y) = crate::onednn::linear(x, &self.w, self.b.as_ref()) {
-                return y;
-            }
+            return match crate::onednn::linear(x, &self.w, self.b.as_ref()) {
+                Ok(y) => Some(y),
+                Err(e) => {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| tracing::warn!(error = %e, "oneDNN fused linear failed; using the separate projections"));
+                    None
+                }
+            };
         }
-        linear(
+        Some(linear(
             x,
             &self.w,
             self.b.as_ref(),
-            onednn_eligible(&self.w) && !self.packed,
-        )
+            onednn_eligible(&self.w),
+        ))
     }
 
     fn bytes(&self) -> usize {
@@ -277,14 +283,15 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, ModelError> {
         let (b, t, _) = x.size3()?;
-        let (q, k, v) = match (&self.qkv, inp.infer) {
-            (Some(qkv), true) => {
+        let fused = match (&self.qkv, inp.infer) {
+            (Some(qkv), true) => qkv.forward(x),
+            _ => None,
+        };
+        let (q, k, v) = match fused {
+            Some(y) => {
                 // one matmul; RoPE once over the q and k heads together
                 let (h, kvh) = (self.heads, self.kv_heads);
-                let y = qkv
-                    .forward(x)
-                    .view([b, t, h + 2 * kvh, self.head_dim])
-                    .transpose(1, 2);
+                let y = y.view([b, t, h + 2 * kvh, self.head_dim]).transpose(1, 2);
                 let qk = apply_rope(&y.narrow(1, 0, h + kvh), inp.cos, inp.sin);
                 (
                     qk.narrow(1, 0, h),
@@ -301,6 +308,7 @@ impl Attention {
         let keys = k.size().get(2).copied().unwrap_or(0);
         let y = if t == 1
             && inp.infer
+            && q.device() == Device::Cpu
             && eager_is_faster(q.kind(), b * self.heads, keys, self.head_dim)
         {
             eager_attention(&q, &k, &v, inp.mask, self.kv_heads)?
@@ -356,7 +364,7 @@ impl Attention {
 /// Whether a one-query attention step is faster as explicit matmul + softmax + matmul than
 /// through libtorch's CPU SDPA (whose one-query kernel is slow for long caches, ~8× in bf16 at
 /// 4k keys). Thresholds on `batch × heads × keys × head_dim` (pass `heads` = batch × heads)
-/// from a sweep on a 2-core AMD EPYC (docs/model.md).
+/// from a sweep on a 2-core AMD EPYC (docs/model.md). CPU only: CUDA keeps SDPA's kernels.
 fn eager_is_faster(kind: Kind, heads: i64, keys: i64, head_dim: i64) -> bool {
     let work = heads * keys * head_dim;
     match kind {
@@ -409,8 +417,12 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, infer: bool) -> Tensor {
-        if let (Some(gu), true) = (&self.gate_up, infer) {
-            let y = gu.forward(x);
+        if let Some(y) = self
+            .gate_up
+            .as_ref()
+            .filter(|_| infer)
+            .and_then(|gu| gu.forward(x))
+        {
             let i = y.size().last().copied().unwrap_or(0) / 2;
             return self
                 .down

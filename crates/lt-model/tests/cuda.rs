@@ -77,3 +77,62 @@ fn cuda_bf16_forward_and_decode() {
     assert!(cache.keys(0).unwrap().narrow(2, 5, 20).equal(&before));
     assert_eq!(cache.bytes(), 25 * 2 * 2 * 2 * 16 * 2);
 }
+
+/// The inference entry points on CUDA: `load_for_inference` (prepack is a no-op there) and a
+/// decode inside `InferenceMode` over a cache long enough for the CPU-only eager-attention rule,
+/// equal the plain model's logits.
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_inference_mode_and_prepack_noop() {
+    let dev = lt_model::device::cuda_if_available();
+    assert!(matches!(dev, Device::Cuda(_)), "CUDA not available");
+    let dir = fixtures().join("qwen2_lt").join("model");
+    let plain = Model::load(&dir, dev, Kind::BFloat16).unwrap();
+    let mut fast = Model::load(&dir, dev, Kind::BFloat16).unwrap();
+    assert_eq!(fast.prepack().unwrap(), lt_model::PrepackStats::default());
+    let toks = ids(700, 0, 597, 5);
+    let want = {
+        let _g = tch::no_grad_guard();
+        plain
+            .forward(
+                &row(&toks),
+                &arange_row(0, 700),
+                AttnMask::Causal,
+                None,
+                Logits::All,
+            )
+            .unwrap()
+    };
+    let _mode = lt_model::InferenceMode::new();
+    let mut cache = fast.new_cache(1, 16);
+    let _ = fast
+        .forward(
+            &row(&toks[..690]),
+            &arange_row(0, 690),
+            AttnMask::Causal,
+            Some(&mut cache),
+            Logits::None,
+        )
+        .unwrap();
+    let scale = max_abs(&want);
+    for i in 690..700 {
+        let l = fast
+            .forward(
+                &row(&toks[i..i + 1]),
+                &arange_row(i as i64, i as i64 + 1),
+                AttnMask::Causal,
+                Some(&mut cache),
+                Logits::Last,
+            )
+            .unwrap();
+        let d = max_diff(
+            &l.to_device(Device::Cpu),
+            &want
+                .get(0)
+                .get(i as i64)
+                .unsqueeze(0)
+                .to_device(Device::Cpu),
+        );
+        assert!(d < 0.05 * scale, "step {i}: {d}");
+    }
+}
