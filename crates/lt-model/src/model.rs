@@ -35,19 +35,24 @@ pub enum Logits {
 /// per-call oneDNN set-up costs more than it saves; measured crossover ~512×512).
 const ONEDNN_MIN_ELEMENTS: i64 = 512 * 512;
 
-/// [`Model::prepack`] oneDNN-packs only weights with at least this many elements (`LT_PACK_MIN`
-/// overrides): for smaller, cache-resident ones the ~15 µs per-call overhead of the boxed oneDNN
-/// call outweighs the gain (a 4-layer width-128 model decoded 3.9k tok/s unpacked vs 3.1k with
-/// its 88k-element gate|up packed), while every matrix of a 0.5B model (≥ 0.8M elements) gains.
-const PACK_MIN_ELEMENTS_DEFAULT: usize = 1 << 18;
+/// [`Model::prepack`] oneDNN-packs f32 weights only from this many elements on (`LT_PACK_MIN`
+/// overrides): for smaller, cache-resident ones MKL's small GEMM plus no ~15 µs boxed-call
+/// overhead is faster (a 4-layer width-128 model decoded 3.9k tok/s unpacked vs 3.1k with its
+/// 88k-element gate|up packed), while every matrix of a 0.5B model (≥ 0.8M elements) gains.
+/// bf16 packs everything: libtorch's bf16 matmul is oneDNN anyway, re-packing the weight on every
+/// call, so even a 64-wide model gains 10–20 %.
+const PACK_MIN_ELEMENTS_F32: usize = 1 << 18;
 
-fn pack_min_elements() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
+fn pack_min_elements(kind: Kind) -> usize {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let env = *N.get_or_init(|| {
         std::env::var("LT_PACK_MIN")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(PACK_MIN_ELEMENTS_DEFAULT)
+    });
+    env.unwrap_or(match kind {
+        Kind::Float => PACK_MIN_ELEMENTS_F32,
+        _ => 0,
     })
 }
 
@@ -184,7 +189,7 @@ impl FusedLinear {
         } else {
             None
         };
-        if onednn && w.numel() >= pack_min_elements() {
+        if onednn && w.numel() >= pack_min_elements(w.kind()) {
             let p = crate::onednn::pack(&w)
                 .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))?;
             return Ok(FusedLinear {
@@ -704,8 +709,8 @@ impl Model {
     }
 
     /// Prepare for fast CPU inference: stack q|k|v and gate|up into one projection each and
-    /// prepack large matrices (those ≥ 2¹⁸ elements, incl. the lm_head) into oneDNN's blocked
-    /// layout (f32 and bf16, when the loaded libtorch has oneDNN). A no-op on CUDA. The dense
+    /// prepack the matrices (incl. the lm_head; f32 only those ≥ 2¹⁸ elements) into oneDNN's
+    /// blocked layout (f32 and bf16, when the loaded libtorch has oneDNN). A no-op on CUDA. The dense
     /// weights are kept for training and saving, so CPU inference holds the linear weights twice
     /// ([`PrepackStats::bytes`] says how much extra).
     ///
@@ -748,7 +753,7 @@ impl Model {
             l.attn.qkv = Some(qkv);
             l.mlp.gate_up = Some(gate_up);
             for lin in [&mut l.attn.o, &mut l.mlp.down] {
-                if onednn && lin.w.numel() >= pack_min_elements() {
+                if onednn && lin.w.numel() >= pack_min_elements(self.kind) {
                     lin.packed = Some(pack(&lin.w)?);
                     stats.bytes += lin.w.numel() * elt;
                     stats.onednn += 1;
@@ -756,7 +761,7 @@ impl Model {
             }
         }
         let head = self.lm_head().shallow_clone();
-        if onednn && head.numel() >= pack_min_elements() {
+        if onednn && head.numel() >= pack_min_elements(self.kind) {
             self.head_packed = Some(pack(&head)?);
             stats.bytes += head.numel() * elt;
             stats.onednn += 1;

@@ -166,7 +166,16 @@ fn golden_tolerance_discriminates_masks() {
 #[test]
 fn golden_bf16_close() {
     let dir = fixtures().join("qwen2_lt");
-    let model = Model::load(dir.join("model"), Device::Cpu, Kind::BFloat16).unwrap();
+    // plain and prepacked (bf16 packs every matrix for oneDNN)
+    for model in [
+        Model::load(dir.join("model"), Device::Cpu, Kind::BFloat16).unwrap(),
+        Model::load_for_inference(dir.join("model"), Device::Cpu, Kind::BFloat16).unwrap(),
+    ] {
+        check_bf16(&dir, &model);
+    }
+}
+
+fn check_bf16(dir: &std::path::Path, model: &Model) {
     let reqs: Vec<Request> = read_jsonl(&dir.join("requests.jsonl"));
     let exps: Vec<Expected> = read_jsonl(&dir.join("expected.jsonl"));
     let _g = tch::no_grad_guard();
