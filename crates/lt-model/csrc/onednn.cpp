@@ -28,6 +28,26 @@ std::optional<c10::OperatorHandle> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchema(c10::OperatorName(name, ""));
 }
 
+// Call `op` boxed with the arguments `push` puts on the stack; its one tensor result on the heap,
+// or nullptr with the error (op missing or an exception) in `err`.
+template <typename Push>
+at::Tensor* call_tensor_op(const std::optional<c10::OperatorHandle>& op, const char* name, char* err,
+                           size_t n, Push push) {
+  try {
+    if (!op) {
+      set_err(err, n, (std::string(name) + " is not registered in this libtorch").c_str());
+      return nullptr;
+    }
+    torch::jit::Stack s;
+    push(s);
+    op->callBoxed(&s);
+    return new at::Tensor(s.at(0).toTensor());
+  } catch (const std::exception& e) {
+    set_err(err, n, e.what());
+    return nullptr;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -46,46 +66,25 @@ int lt_onednn_available() {
 
 // Prepack a dense [out, in] weight into oneDNN's blocked layout (a new mkldnn tensor).
 at::Tensor* lt_onednn_pack(const at::Tensor* w, char* err, size_t n) {
-  try {
-    static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_reorder_linear_weight");
-    if (!op) {
-      set_err(err, n, "mkldnn::_reorder_linear_weight is not registered in this libtorch");
-      return nullptr;
-    }
-    torch::jit::Stack s;
+  static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_reorder_linear_weight");
+  return call_tensor_op(op, "mkldnn::_reorder_linear_weight", err, n, [&](torch::jit::Stack& s) {
     s.emplace_back(*w);
     s.emplace_back(c10::IValue());
-    op->callBoxed(&s);
-    return new at::Tensor(s.at(0).toTensor());
-  } catch (const std::exception& e) {
-    set_err(err, n, e.what());
-    return nullptr;
-  }
+  });
 }
 
 // y = x Wᵀ + b for a 2-D dense x and a weight from lt_onednn_pack; b may be null.
 at::Tensor* lt_onednn_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, char* err,
                              size_t n) {
-  try {
-    static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_linear_pointwise");
-    if (!op) {
-      set_err(err, n, "mkldnn::_linear_pointwise is not registered in this libtorch");
-      return nullptr;
-    }
-    torch::jit::Stack s;
-    s.reserve(6);
+  static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_linear_pointwise");
+  return call_tensor_op(op, "mkldnn::_linear_pointwise", err, n, [&](torch::jit::Stack& s) {
     s.emplace_back(*x);
     s.emplace_back(*w);
     s.emplace_back(b != nullptr ? c10::IValue(*b) : c10::IValue());
     s.emplace_back(std::string("none"));
     s.emplace_back(c10::impl::GenericList(c10::OptionalType::create(c10::NumberType::get())));
     s.emplace_back(c10::IValue());
-    op->callBoxed(&s);
-    return new at::Tensor(s.at(0).toTensor());
-  } catch (const std::exception& e) {
-    set_err(err, n, e.what());
-    return nullptr;
-  }
+  });
 }
 
 }  // extern "C"

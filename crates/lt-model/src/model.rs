@@ -108,6 +108,21 @@ fn onednn_eligible(w: &Tensor) -> bool {
         && w.numel() as i64 >= ONEDNN_MIN_ELEMENTS
 }
 
+/// `x Pᵀ + b` for a oneDNN-prepacked `P`; `None` (warned once per process) if oneDNN fails, so
+/// the caller can take its dense path.
+fn onednn_linear(x: &Tensor, packed: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
+    match crate::onednn::linear(x, packed, b) {
+        Ok(y) => Some(y),
+        Err(e) => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(error = %e, "oneDNN prepacked linear failed; using the dense path")
+            });
+            None
+        }
+    }
+}
+
 /// `x Wᵀ + b` through a prepacked weight when there is one (inference only), else [`linear`].
 fn linear_packed(
     x: &Tensor,
@@ -116,18 +131,10 @@ fn linear_packed(
     packed: Option<&Tensor>,
     infer: bool,
 ) -> Tensor {
-    if infer {
-        if let Some(p) = packed {
-            match crate::onednn::linear(x, p, b) {
-                Ok(y) => return y,
-                Err(e) => {
-                    static ONCE: std::sync::Once = std::sync::Once::new();
-                    ONCE.call_once(|| tracing::warn!(error = %e, "oneDNN prepacked linear failed; using the default path"));
-                }
-            }
-        }
-    }
-    linear(x, w, b, infer && onednn_eligible(w))
+    packed
+        .filter(|_| infer)
+        .and_then(|p| onednn_linear(x, p, b))
+        .unwrap_or_else(|| linear(x, w, b, infer && onednn_eligible(w)))
 }
 
 /// What [`Model::prepack`] made.
@@ -170,14 +177,8 @@ impl FusedLinear {
     fn new(parts: &[&Linear], onednn: bool) -> Result<Self, ModelError> {
         let ws: Vec<Tensor> = parts.iter().map(|l| l.w.detach()).collect();
         let w = Tensor::cat(&ws, 0);
-        let b = if parts.iter().all(|l| l.b.is_some()) {
-            let bs: Vec<Tensor> = parts
-                .iter()
-                .filter_map(|l| l.b.as_ref().map(|b| b.detach()))
-                .collect();
-            Some(Tensor::cat(&bs, 0))
-        } else if parts.iter().any(|l| l.b.is_some()) {
-            // mixed biases: fill the missing ones with zeros
+        // a bias if any part has one (a missing one is zeros)
+        let b = parts.iter().any(|l| l.b.is_some()).then(|| {
             let bs: Vec<Tensor> = parts
                 .iter()
                 .map(|l| match &l.b {
@@ -185,10 +186,8 @@ impl FusedLinear {
                     None => Tensor::zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
                 })
                 .collect();
-            Some(Tensor::cat(&bs, 0))
-        } else {
-            None
-        };
+            Tensor::cat(&bs, 0)
+        });
         if onednn && w.numel() >= pack_min_elements(w.kind()) {
             let p = crate::onednn::pack(&w)
                 .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))?;
@@ -208,14 +207,7 @@ impl FusedLinear {
     /// `None` when the oneDNN call fails (the caller then uses the separate projections).
     fn forward(&self, x: &Tensor) -> Option<Tensor> {
         if self.packed {
-            return match crate::onednn::linear(x, &self.w, self.b.as_ref()) {
-                Ok(y) => Some(y),
-                Err(e) => {
-                    static ONCE: std::sync::Once = std::sync::Once::new();
-                    ONCE.call_once(|| tracing::warn!(error = %e, "oneDNN fused linear failed; using the separate projections"));
-                    None
-                }
-            };
+            return onednn_linear(x, &self.w, self.b.as_ref());
         }
         Some(linear(
             x,
@@ -368,10 +360,10 @@ impl Attention {
 
 /// Whether a one-query attention step is faster as explicit matmul + softmax + matmul than
 /// through libtorch's CPU SDPA (whose one-query kernel is slow for long caches, ~8× in bf16 at
-/// 4k keys). Thresholds on `batch × heads × keys × head_dim` (pass `heads` = batch × heads)
-/// from a sweep on a 2-core AMD EPYC (docs/model.md). CPU only: CUDA keeps SDPA's kernels.
-fn eager_is_faster(kind: Kind, heads: i64, keys: i64, head_dim: i64) -> bool {
-    let work = heads * keys * head_dim;
+/// 4k keys). Thresholds on `batch × heads × keys × head_dim` from a sweep on a 2-core AMD EPYC
+/// (docs/model.md). CPU only: CUDA keeps SDPA's kernels.
+fn eager_is_faster(kind: Kind, batch_heads: i64, keys: i64, head_dim: i64) -> bool {
+    let work = batch_heads * keys * head_dim;
     match kind {
         Kind::BFloat16 | Kind::Half => work >= 128 * 1024,
         _ => work >= 800 * 1024,
@@ -774,17 +766,9 @@ impl Model {
     /// Drop the prepacked copies made by [`Model::prepack`].
     pub fn unpack(&mut self) {
         for l in &mut self.layers {
-            for lin in [
-                &mut l.attn.q,
-                &mut l.attn.k,
-                &mut l.attn.v,
-                &mut l.attn.o,
-                &mut l.mlp.gate,
-                &mut l.mlp.up,
-                &mut l.mlp.down,
-            ] {
-                lin.packed = None;
-            }
+            // q, k, v, gate, up are never packed on their own: they live in the fused copies
+            l.attn.o.packed = None;
+            l.mlp.down.packed = None;
             l.attn.qkv = None;
             l.mlp.gate_up = None;
         }

@@ -42,35 +42,7 @@ fn cuda_bf16_forward_and_decode() {
     assert!(max_diff(&full_gpu.to_device(Device::Cpu), &full_cpu) < 0.05 * scale);
     // decode through the cache (prefill 30, 10 single steps) == full forward on the GPU (bf16 tolerance)
     let mut cache = gpu.new_cache(1, 8);
-    let _ = gpu
-        .forward(
-            &row(&toks[..30]),
-            &arange_row(0, 30),
-            AttnMask::Causal,
-            Some(&mut cache),
-            Logits::None,
-        )
-        .unwrap();
-    for i in 30..40 {
-        let l = gpu
-            .forward(
-                &row(&toks[i..i + 1]),
-                &arange_row(i as i64, i as i64 + 1),
-                AttnMask::Causal,
-                Some(&mut cache),
-                Logits::Last,
-            )
-            .unwrap();
-        let d = max_diff(
-            &l.to_device(Device::Cpu),
-            &full_gpu
-                .get(0)
-                .get(i as i64)
-                .unsqueeze(0)
-                .to_device(Device::Cpu),
-        );
-        assert!(d < 0.05 * scale, "step {i}: {d}");
-    }
+    decode_matches_full(&gpu, &mut cache, &toks, 30, &full_gpu, scale);
     let before = cache.keys(0).unwrap().narrow(2, 20, 20).copy();
     cache.evict(5..20);
     assert_eq!(cache.len(), 25);
@@ -105,34 +77,44 @@ fn cuda_inference_mode_and_prepack_noop() {
     };
     let _mode = lt_model::InferenceMode::new();
     let mut cache = fast.new_cache(1, 16);
-    let _ = fast
+    decode_matches_full(&fast, &mut cache, &toks, 690, &want, max_abs(&want));
+}
+
+/// Prefill `toks[..prefill]` into `cache`, then feed the rest one token at a time: each step's
+/// logits equal row `i` of `full` (the whole sequence in one forward) within bf16 tolerance.
+fn decode_matches_full(
+    m: &Model,
+    cache: &mut lt_model::KvCache,
+    toks: &[i64],
+    prefill: usize,
+    full: &tch::Tensor,
+    scale: f64,
+) {
+    let _ = m
         .forward(
-            &row(&toks[..690]),
-            &arange_row(0, 690),
+            &row(&toks[..prefill]),
+            &arange_row(0, prefill as i64),
             AttnMask::Causal,
-            Some(&mut cache),
+            Some(&mut *cache),
             Logits::None,
         )
         .unwrap();
-    let scale = max_abs(&want);
-    for i in 690..700 {
-        let l = fast
+    for i in prefill..toks.len() {
+        let l = m
             .forward(
                 &row(&toks[i..i + 1]),
                 &arange_row(i as i64, i as i64 + 1),
                 AttnMask::Causal,
-                Some(&mut cache),
+                Some(&mut *cache),
                 Logits::Last,
             )
             .unwrap();
-        let d = max_diff(
-            &l.to_device(Device::Cpu),
-            &want
-                .get(0)
-                .get(i as i64)
-                .unsqueeze(0)
-                .to_device(Device::Cpu),
-        );
+        let want = full
+            .get(0)
+            .get(i as i64)
+            .unsqueeze(0)
+            .to_device(Device::Cpu);
+        let d = max_diff(&l.to_device(Device::Cpu), &want);
         assert!(d < 0.05 * scale, "step {i}: {d}");
     }
 }
