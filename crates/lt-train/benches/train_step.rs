@@ -4,10 +4,13 @@
 //! collation (`scripts/lt_train_bench_hf.py`, run when `.venv/bin/python` exists).
 //!
 //! `cargo bench -p lt-train --bench train_step` (env `LT_BENCH_STEPS`, `LT_BENCH_MAXLEN`).
-use lt_data::{BuildOptions, Mode, PadTo};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use lt_data::{Mode, PadTo};
 use lt_mask::MaskFlags;
 use lt_model::{Device, Kind, Model, ModelConfig};
-use lt_train::{prepare_data, train, RowsSource, TrainConfig};
+use lt_train::{train, RowsSource, TrainConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,24 +25,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(512);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let task = root.join("tests/fixtures/tiny_task");
-    let opts = BuildOptions {
-        mode: Mode::AugWoPc,
-        hybrid: false,
-        max_length,
-        train_on_input: false,
-        flags: MaskFlags::default(),
-        output_compress_instruction: String::new(),
-        bos_token: "<|bos|>".into(),
-        eos_token: "<|eos|>".into(),
-    };
-    let d = prepare_data(
-        &task.join("train.jsonl"),
-        &task.join("tokenizer.json"),
-        &task.join("compress.json"),
-        opts,
-    )
-    .unwrap();
+    let d = common::data_with(Mode::AugWoPc, false, max_length);
     let (hidden, layers, heads, kv, inter) = (128, 4, 4, 2, 256);
     let mcfg = ModelConfig::tiny_llama(d.tokenizer.len(), hidden, layers, heads, kv, inter);
     let mbs = 4;

@@ -1,33 +1,18 @@
 //! CUDA checks (run by `scripts/gpu-check.sh`): bf16 training with f32 master weights.
-use lt_data::{BuildOptions, Mode, PadTo};
+mod common;
+
+use common::*;
+use lt_data::{Mode, PadTo};
 use lt_mask::MaskFlags;
 use lt_model::{Device, Kind, Model, ModelConfig};
-use lt_train::{prepare_data, train, RowsSource, TrainConfig};
-use std::path::PathBuf;
+use lt_train::{train, RowsSource, TrainConfig};
 
 #[test]
 #[ignore = "needs CUDA"]
 fn cuda_bf16_training_with_f32_masters_learns_and_checkpoints() {
     lt_model::device::load_cuda_library();
     assert!(lt_model::device::cuda_available(), "no CUDA device");
-    let task = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_task");
-    let opts = BuildOptions {
-        mode: Mode::AugWoPc,
-        hybrid: false,
-        max_length: 128,
-        train_on_input: false,
-        flags: MaskFlags::default(),
-        output_compress_instruction: String::new(),
-        bos_token: "<|bos|>".into(),
-        eos_token: "<|eos|>".into(),
-    };
-    let d = prepare_data(
-        &task.join("train.jsonl"),
-        &task.join("tokenizer.json"),
-        &task.join("compress.json"),
-        opts,
-    )
-    .unwrap();
+    let d = data(Mode::AugWoPc, false);
     let cfg = ModelConfig::tiny_llama(d.tokenizer.len(), 64, 2, 4, 2, 128);
     let mut m = Model::random(&cfg, Device::Cuda(0), Kind::BFloat16, 0).unwrap();
     let mut src = RowsSource::new(

@@ -1,73 +1,14 @@
 //! Kill + resume equals the uninterrupted run, bit for bit. In its own test binary: the
 //! comparison is bitwise, and libtorch/MKL reductions must not share the process with other
 //! tests running concurrently (their thread settings are process-global).
-use lt_data::{BuildOptions, Mode, PadTo};
-use lt_mask::MaskFlags;
-use lt_model::{Device, Kind, Model, ModelConfig};
-use lt_train::{
-    prepare_data, read_metrics, train, PreparedData, RowsSource, SchedulerKind, TrainConfig,
-    TrainError,
-};
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
+use lt_data::Mode;
+use lt_model::{Device, Kind, Model};
+use lt_train::{read_metrics, train, TrainConfig, TrainError};
+use std::path::Path;
 use tch::Tensor;
-
-fn task() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_task")
-}
-
-fn data() -> PreparedData {
-    let opts = BuildOptions {
-        mode: Mode::AugWoPc,
-        hybrid: false,
-        max_length: 128,
-        train_on_input: false,
-        flags: MaskFlags::default(),
-        output_compress_instruction: String::new(),
-        bos_token: "<|bos|>".into(),
-        eos_token: "<|eos|>".into(),
-    };
-    prepare_data(
-        &task().join("train.jsonl"),
-        &task().join("tokenizer.json"),
-        &task().join("compress.json"),
-        opts,
-    )
-    .unwrap()
-}
-
-fn model(vocab: usize, seed: i64) -> Model {
-    Model::random(
-        &ModelConfig::tiny_llama(vocab, 32, 2, 4, 2, 64),
-        Device::Cpu,
-        Kind::Float,
-        seed,
-    )
-    .unwrap()
-}
-
-fn source(d: &PreparedData, mbs: usize, shuffle: bool) -> RowsSource {
-    RowsSource::new(
-        d.samples.clone(),
-        mbs,
-        MaskFlags::default(),
-        PadTo::Longest,
-        d.pad_id,
-        7,
-        shuffle,
-    )
-    .unwrap()
-}
-
-fn cfg() -> TrainConfig {
-    TrainConfig {
-        lr: 3e-3,
-        scheduler: SchedulerKind::Cosine,
-        warmup_steps: 2,
-        gradient_accumulation_steps: 1,
-        epochs: 1,
-        ..Default::default()
-    }
-}
 
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
     let mut v = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
@@ -78,7 +19,7 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
 #[test]
 fn kill_and_resume_equals_uninterrupted() {
     tch::set_num_threads(1);
-    let d = data();
+    let d = data(Mode::AugWoPc, false);
     // 24 samples / micro-batch 4 = 6 micro-batches, GAS 2 -> 3 steps per epoch, 3 epochs = 9 steps.
     let base = TrainConfig {
         gradient_accumulation_steps: 2,

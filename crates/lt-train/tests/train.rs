@@ -1,70 +1,13 @@
 //! End-to-end training on a tiny random model and the tiny arithmetic task
 //! (`tests/fixtures/tiny_task`, made by `scripts/lt_train_make_fixtures.py`).
-use lt_data::{BuildOptions, BuiltRow, Mode, PadTo, SourceVariant};
+mod common;
+
+use common::*;
+use lt_data::{BuiltRow, Mode, PadTo, SourceVariant};
 use lt_mask::MaskFlags;
-use lt_model::{Device, Kind, Model, ModelConfig};
-use lt_train::{
-    prepare_data, read_metrics, train, Control, PreparedData, RowsSource, SchedulerKind,
-    TrainBatch, TrainConfig, TrainError,
-};
-use std::path::PathBuf;
+use lt_model::Model;
+use lt_train::{prepare_data, read_metrics, train, Control, TrainBatch, TrainConfig, TrainError};
 use tch::Tensor;
-
-fn task() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_task")
-}
-
-fn opts(mode: Mode, hybrid: bool) -> BuildOptions {
-    BuildOptions {
-        mode,
-        hybrid,
-        max_length: 128,
-        train_on_input: false,
-        flags: MaskFlags::default(),
-        output_compress_instruction: String::new(),
-        bos_token: "<|bos|>".into(),
-        eos_token: "<|eos|>".into(),
-    }
-}
-
-fn data(mode: Mode, hybrid: bool) -> PreparedData {
-    prepare_data(
-        &task().join("train.jsonl"),
-        &task().join("tokenizer.json"),
-        &task().join("compress.json"),
-        opts(mode, hybrid),
-    )
-    .unwrap()
-}
-
-fn model(vocab: usize, seed: i64) -> Model {
-    let cfg = ModelConfig::tiny_llama(vocab, 32, 2, 4, 2, 64);
-    Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap()
-}
-
-fn source(d: &PreparedData, mbs: usize, shuffle: bool) -> RowsSource {
-    RowsSource::new(
-        d.samples.clone(),
-        mbs,
-        MaskFlags::default(),
-        PadTo::Longest,
-        d.pad_id,
-        7,
-        shuffle,
-    )
-    .unwrap()
-}
-
-fn cfg() -> TrainConfig {
-    TrainConfig {
-        lr: 3e-3,
-        scheduler: SchedulerKind::Cosine,
-        warmup_steps: 2,
-        gradient_accumulation_steps: 1,
-        epochs: 1,
-        ..Default::default()
-    }
-}
 
 #[test]
 fn loss_falls_in_every_mode() {
@@ -209,7 +152,7 @@ fn bad_train_line_is_named_before_training() {
         &task().join("bad.jsonl"),
         &task().join("tokenizer.json"),
         &task().join("compress.json"),
-        opts(Mode::AugWoPc, false),
+        opts(Mode::AugWoPc, false, 128),
     )
     .unwrap_err();
     match &e {
