@@ -873,7 +873,13 @@ impl Model {
         let (attn_mask, is_causal) = self.build_mask(mask, b, t, keys, &lens_before, uniform)?;
 
         let infer = !grad_enabled();
-        let pos_rows: Vec<i64> = Vec::<i64>::try_from(pos.to_device(Device::Cpu).reshape([-1]))?;
+        // host positions: for the CPU RoPE table and the cache's bookkeeping (no device sync
+        // on CUDA without a cache)
+        let pos_rows: Vec<i64> = if dev == Device::Cpu || cache.is_some() {
+            Vec::<i64>::try_from(pos.to_device(Device::Cpu).reshape([-1]))?
+        } else {
+            Vec::new()
+        };
         let (cos, sin) = if dev == Device::Cpu {
             self.rope.cos_sin_host(&pos_rows, b, t, self.kind)
         } else {
