@@ -21,7 +21,7 @@ fi
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup: creating Python venv in $venv (PyPI torch==2.13.0, transformers) ..." >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  "$venv/bin/pip" install --no-cache-dir --quiet --disable-pip-version-check -r "$req"
   echo "$want" > "$stamp"
 fi
 
