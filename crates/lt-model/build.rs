@@ -1,8 +1,8 @@
-//! Compiles `csrc/onednn.cpp` (oneDNN weight prepacking) against the libtorch torch-sys found.
+//! Compiles `csrc/shim.cpp` (oneDNN prepacking, InferenceMode, the decode-attention kernel) against the libtorch torch-sys found.
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/onednn.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // torch-sys (`links = "tch"`) exports its libtorch lib dir to direct dependents.
@@ -21,9 +21,10 @@ fn main() {
         .warnings(false)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
+        .opt_level(3)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("csrc/onednn.cpp")
-        .compile("lt_onednn");
+        .file("csrc/shim.cpp")
+        .compile("lt_shim");
 }

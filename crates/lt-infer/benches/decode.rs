@@ -5,7 +5,7 @@
 //! time, peak tokens, peak KV bytes, Dep, for a tiny model and a Qwen2.5-0.5B-shaped one; tokens/s
 //! at batch 1 vs batch 8. Criterion then times one decode step of each method.
 //!
-//! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 256, 0 = skip),
+//! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 128, 0 = skip),
 //! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs).
 use std::time::Instant;
@@ -46,7 +46,17 @@ struct Row {
     batch: usize,
     tokens: usize,
     seconds: f64,
+    /// The same prompts with one new token: the prefill (and one step), best of as many runs.
+    prefill_s: f64,
+    prefill_tokens: usize,
     g: Generation,
+}
+
+impl Row {
+    /// Generated tokens per second after the prefill (what batching buys at decode time).
+    fn decode_tok_per_s(&self) -> f64 {
+        (self.tokens - self.prefill_tokens) as f64 / (self.seconds - self.prefill_s).max(1e-9)
+    }
 }
 
 fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize, reps: usize) -> Row {
@@ -70,6 +80,15 @@ fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize, reps:
         seconds = seconds.min(t0.elapsed().as_secs_f64());
     }
     let tokens_out: usize = gens.iter().map(|g| g.output_ids.len() - 1).sum();
+    let gen1 = Generator::new(m, gen_cfg(method, vocab, 1));
+    let mut prefill_s = f64::MAX;
+    let mut prefill_tokens = 0;
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let g1 = gen1.generate_batch(&prompts, &mut ()).expect("prefill");
+        prefill_s = prefill_s.min(t0.elapsed().as_secs_f64());
+        prefill_tokens = g1.iter().map(|g| g.output_ids.len() - 1).sum();
+    }
     Row {
         model: name.into(),
         method: match method {
@@ -79,13 +98,15 @@ fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize, reps:
         batch,
         tokens: tokens_out,
         seconds,
+        prefill_s,
+        prefill_tokens,
         g: gens.into_iter().next().expect("one"),
     }
 }
 
 fn report(rows: &[Row], write_json: bool) {
     println!(
-        "{:<10} {:<13} {:>5} {:>7} {:>9} {:>11} {:>9} {:>10} {:>14} {:>6}",
+        "{:<10} {:<13} {:>5} {:>7} {:>9} {:>11} {:>9} {:>10} {:>12} {:>10} {:>14} {:>6}",
         "model",
         "method",
         "batch",
@@ -93,13 +114,15 @@ fn report(rows: &[Row], write_json: bool) {
         "total_s",
         "ms/token",
         "tok/s",
+        "prefill_s",
+        "decode_tok/s",
         "peak_tok",
         "peak_KV_bytes",
         "Dep"
     );
     for r in rows {
         println!(
-            "{:<10} {:<13} {:>5} {:>7} {:>9.2} {:>11.3} {:>9.1} {:>10} {:>14} {:>6.2e}",
+            "{:<10} {:<13} {:>5} {:>7} {:>9.2} {:>11.3} {:>9.1} {:>10.3} {:>12.1} {:>10} {:>14} {:>6.2e}",
             r.model,
             r.method,
             r.batch,
@@ -107,6 +130,8 @@ fn report(rows: &[Row], write_json: bool) {
             r.seconds,
             1e3 * r.seconds / r.tokens as f64,
             r.tokens as f64 / r.seconds,
+            r.prefill_s,
+            r.decode_tok_per_s(),
             r.g.max_token,
             r.g.peak_kv_bytes,
             r.g.dep as f64
@@ -117,7 +142,8 @@ fn report(rows: &[Row], write_json: bool) {
         .map(|r| {
             serde_json::json!({"model": r.model, "method": r.method, "batch": r.batch, "tokens": r.tokens,
                 "seconds": r.seconds, "ms_per_token": 1e3 * r.seconds / r.tokens as f64,
-                "tok_per_s": r.tokens as f64 / r.seconds, "peak_tokens": r.g.max_token,
+                "tok_per_s": r.tokens as f64 / r.seconds, "prefill_seconds": r.prefill_s,
+                "decode_tok_per_s": r.decode_tok_per_s(), "peak_tokens": r.g.max_token,
                 "peak_kv_bytes": r.g.peak_kv_bytes, "dep": r.g.dep, "compressions": r.g.n_compress})
         })
         .collect();
@@ -130,6 +156,58 @@ fn report(rows: &[Row], write_json: bool) {
         path,
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     );
+}
+
+/// The targets as ratios: per (model, batch, tokens), LightThinker's time saved against
+/// its Dep saved; per (model, method, tokens), the batched tokens/s over batch 1.
+fn ratios(rows: &[Row]) {
+    let ms = |r: &Row| 1e3 * r.seconds / r.tokens as f64;
+    let tps = |r: &Row| r.tokens as f64 / r.seconds;
+    for v in rows.iter().filter(|r| r.method == "vanilla") {
+        if let Some(l) = rows.iter().find(|l| {
+            l.method == "lightthinker"
+                && l.model == v.model
+                && l.batch == v.batch
+                && l.tokens == v.tokens
+        }) {
+            let time_saved = 1.0 - ms(l) / ms(v);
+            let dep_saved = 1.0 - l.g.dep as f64 / v.g.dep as f64;
+            println!(
+                "{} batch {} x {} tokens: LightThinker {:.3} vs vanilla {:.3} ms/token: time saved {:.1}% vs Dep saved {:.1}% (ratio {:.2}; target >= 0.5; never slower: {})",
+                v.model,
+                v.batch,
+                v.tokens / v.batch,
+                ms(l),
+                ms(v),
+                100.0 * time_saved,
+                100.0 * dep_saved,
+                time_saved / dep_saved,
+                ms(l) <= ms(v)
+            );
+        }
+    }
+    for one in rows.iter().filter(|r| r.batch == 1) {
+        for many in rows.iter().filter(|r| {
+            r.batch > 1
+                && r.model == one.model
+                && r.method == one.method
+                && r.tokens / r.batch == one.tokens
+        }) {
+            println!(
+                "{} {} x {} tokens: batch {} gives {:.0} vs {:.0} tok/s at batch 1: {:.2}x; after the prefill {:.0} vs {:.0}: {:.2}x (target >= 4x at batch 8)",
+                one.model,
+                one.method,
+                one.tokens,
+                many.batch,
+                tps(many),
+                tps(one),
+                tps(many) / tps(one),
+                many.decode_tok_per_s(),
+                one.decode_tok_per_s(),
+                many.decode_tok_per_s() / one.decode_tok_per_s()
+            );
+        }
+    }
 }
 
 fn main() {
@@ -165,27 +243,34 @@ fn main() {
     };
     let bs = if smoke { 2 } else { env("LT_BENCH_BATCH", 8) };
     let mut rows = Vec::new();
-    for method in [Method::Vanilla, Method::LightThinker] {
-        rows.push(run(&tiny, "tiny", method, n, 1, reps));
+    for batch in [1, bs] {
+        for method in [Method::Vanilla, Method::LightThinker] {
+            rows.push(run(&tiny, "tiny", method, n, batch, reps));
+        }
     }
-    for method in [Method::Vanilla, Method::LightThinker] {
-        rows.push(run(&tiny, "tiny", method, n.min(512), 1, reps));
-        rows.push(run(&tiny, "tiny", method, n.min(512), bs, reps));
+    if n > 512 {
+        for method in [Method::Vanilla, Method::LightThinker] {
+            rows.push(run(&tiny, "tiny", method, 512, 1, reps));
+            rows.push(run(&tiny, "tiny", method, 512, bs, reps));
+        }
     }
     let n05 = if smoke {
         0
     } else {
-        env("LT_BENCH_05B_TOKENS", 256)
+        env("LT_BENCH_05B_TOKENS", 128)
     };
     if n05 > 0 {
         let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
             .expect("0.5B-shaped model");
         big.prepack().expect("prepack");
-        for method in [Method::Vanilla, Method::LightThinker] {
-            rows.push(run(&big, "qwen0.5b", method, n05, 1, reps));
+        for batch in [1, bs] {
+            for method in [Method::Vanilla, Method::LightThinker] {
+                rows.push(run(&big, "qwen0.5b", method, n05, batch, reps));
+            }
         }
     }
     report(&rows, !smoke);
+    ratios(&rows);
 
     // Criterion: one generation of 128 tokens on the tiny model (per-token time = result / 128).
     let mut c = Criterion::default().sample_size(10).configure_from_args();

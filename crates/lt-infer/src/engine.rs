@@ -549,15 +549,44 @@ impl Progress for () {
 pub struct Generator<'m> {
     model: &'m Model,
     cfg: GenConfig,
+    forward_cost: f64,
 }
 
 /// Logits of every fed row of every forward (teacher-forced runs, for tests).
 pub type StepLogits = Vec<Tensor>;
 
+/// [`Generator::with_forward_cost`] on the CPU: a forward's fixed part (dispatch, one pass over
+/// the weights) is worth ~4 token-rows on the tiny bench model and ~8 on the 0.5B shape.
+const DEFAULT_FORWARD_COST_CPU: f64 = 8.0;
+/// [`Generator::with_forward_cost`] on a GPU, where a batch row costs little next to a call.
+const DEFAULT_FORWARD_COST_GPU: f64 = 512.0;
+
 impl<'m> Generator<'m> {
     /// A generator for `model` with `cfg`.
     pub fn new(model: &'m Model, cfg: GenConfig) -> Self {
-        Generator { model, cfg }
+        let forward_cost = match model.device() {
+            tch::Device::Cpu => DEFAULT_FORWARD_COST_CPU,
+            _ => DEFAULT_FORWARD_COST_GPU,
+        };
+        Generator {
+            model,
+            cfg,
+            forward_cost,
+        }
+    }
+
+    /// The fixed cost of one forward call, in token-rows (what one more row of the batch costs
+    /// is 1). It decides ragged batch steps: when some rows feed a long block (a prompt, a
+    /// compression block) and others one token, padding every row to the longest block costs
+    /// `cost + batch × longest`; running each long row alone (on a row lent by
+    /// [`lt_model::KvCache::borrow_row`]) and the rest together costs `cost + block` per long
+    /// row plus `cost + batch`. The cheaper plan runs; outputs are the same either way.
+    /// Defaults: 8 on the CPU (compute-bound: padding is expensive), 512 on a GPU (launch- and
+    /// weight-bound: extra calls are). `f64::INFINITY` always pads, `0.0` splits whenever that
+    /// feeds fewer rows.
+    pub fn with_forward_cost(mut self, token_rows: f64) -> Self {
+        self.forward_cost = token_rows.max(0.0);
+        self
     }
 
     /// The configuration.
@@ -638,7 +667,7 @@ impl<'m> Generator<'m> {
             .zip(prompts)
             .map(|(s, p)| s.plan_prefill(cfg, p).map(Some))
             .collect::<Result<_, _>>()?;
-        self.step(
+        self.step_split(
             &mut cache,
             &mut seqs,
             plans,
@@ -658,7 +687,7 @@ impl<'m> Generator<'m> {
                 progress.step(0, 0, 0, finished_before);
                 break;
             }
-            self.step(
+            self.step_split(
                 &mut cache,
                 &mut seqs,
                 plans,
@@ -680,6 +709,68 @@ impl<'m> Generator<'m> {
             .map(|s| s.into_generation(slot_bytes, cfg.trace))
             .collect();
         Ok((gens, logits_out))
+    }
+
+    /// Rows to run alone this step: the long blocks of a ragged step, when one forward per long
+    /// row plus one for the rest feeds fewer token-rows (forward cost included) than padding
+    /// every row to the longest block ([`Generator::with_forward_cost`]).
+    fn solo_rows(&self, plans: &[Option<Planned>]) -> Vec<usize> {
+        let b = plans.len();
+        let lens: Vec<usize> = plans
+            .iter()
+            .map(|p| p.as_ref().map_or(0, |p| p.ids.len()))
+            .collect();
+        let t = lens.iter().copied().max().unwrap_or(0);
+        if b < 2 || t < 2 {
+            return Vec::new();
+        }
+        let phi = self.forward_cost;
+        let padded = phi + (b * t) as f64;
+        let long: Vec<usize> = (0..b).filter(|&r| lens[r] > 1).collect();
+        let rest = if lens.contains(&1) {
+            phi + b as f64
+        } else {
+            0.0
+        };
+        let split = long.iter().map(|&r| phi + lens[r] as f64).sum::<f64>() + rest;
+        if split < padded {
+            long
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// One step of the batch: the rows [`Generator::solo_rows`] picks run alone on their own
+    /// cache row, then the others in one batched [`Generator::step`].
+    fn step_split(
+        &self,
+        cache: &mut KvCache,
+        seqs: &mut [Seq],
+        mut plans: Vec<Option<Planned>>,
+        prefill: bool,
+        keep_logits: bool,
+        logits_out: &mut [StepLogits],
+    ) -> Result<(), InferError> {
+        for r in self.solo_rows(&plans) {
+            let Some(p) = plans[r].take() else { continue };
+            let mut one = cache
+                .borrow_row(r, p.ids.len())
+                .ok_or_else(|| InferError::Config(format!("no cache row {r}")))?;
+            let res = self.step(
+                &mut one,
+                &mut seqs[r..=r],
+                vec![Some(p)],
+                prefill,
+                keep_logits,
+                &mut logits_out[r..=r],
+            );
+            cache.return_row(r, one);
+            res?;
+        }
+        if plans.iter().any(Option::is_some) {
+            self.step(cache, seqs, plans, prefill, keep_logits, logits_out)?;
+        }
+        Ok(())
     }
 
     /// One batched forward: pad blocks to the longest, build the `[B,1,T,K]` mask, run, evict.
@@ -820,5 +911,65 @@ impl<'m> Generator<'m> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lt_model::ModelConfig;
+
+    fn plan(len: usize) -> Option<Planned> {
+        Some(Planned {
+            cache_len: 0,
+            ids: vec![1; len],
+            positions: (0..len as i64).collect(),
+            rows: Vec::new(),
+            causal: true,
+            evict: Vec::new(),
+        })
+    }
+
+    /// The split decision follows the cost model: one compressing row among one-token rows
+    /// runs alone on the CPU default, all rows compressing together (or a GPU cost) pad, a
+    /// batch of one or of one-token steps never splits.
+    #[test]
+    fn solo_rows_follow_the_cost_model() {
+        let m = Model::random(
+            &ModelConfig::tiny_qwen2(64, 16, 1, 2, 1, 32),
+            tch::Device::Cpu,
+            Kind::Float,
+            0,
+        )
+        .unwrap();
+        let cfg = GenConfig {
+            method: Method::LightThinker,
+            level: Level::Token { step: 4 },
+            comp_ids: vec![60, 61],
+            trigger_id: 59,
+            continue_id: 62,
+            eos_id: 63,
+            max_new_tokens: 8,
+            flags: lt_mask::MaskFlags::default(),
+            rolling_rope: false,
+            update: UpdateMethod::Local,
+            capacity: None,
+            trace: false,
+        };
+        let cpu = Generator::new(&m, cfg.clone());
+        let gpu = Generator::new(&m, cfg.clone()).with_forward_cost(DEFAULT_FORWARD_COST_GPU);
+        let mixed: Vec<_> = [1, 10, 1, 1, 1, 1, 1, 1].map(plan).into_iter().collect();
+        assert_eq!(cpu.solo_rows(&mixed), vec![1]); // 8+80 padded vs 18 + 16
+        assert!(gpu.solo_rows(&mixed).is_empty());
+        let together: Vec<_> = [10; 8].map(plan).into_iter().collect();
+        assert!(cpu.solo_rows(&together).is_empty());
+        let decode: Vec<_> = [1; 8].map(plan).into_iter().collect();
+        assert!(cpu.solo_rows(&decode).is_empty());
+        assert!(cpu.solo_rows(&[plan(10)]).is_empty());
+        // a finished row (None) counts as padding; ragged prompts split when that is cheaper
+        let prompts = vec![plan(100), plan(20), None, plan(30)];
+        assert_eq!(cpu.solo_rows(&prompts), vec![0, 1, 3]); // 8+400 vs 3*8+150
+        let even = vec![plan(100), plan(95)];
+        assert!(cpu.solo_rows(&even).is_empty()); // 8+200 vs 16+195
     }
 }

@@ -298,3 +298,62 @@ fn batch_n_equals_batch_1_random_model() {
         }
     }
 }
+
+const SPLIT_BOOST: f64 = 2.5;
+
+/// Ragged steps run either padded or split (long blocks alone on a lent cache row): every
+/// policy gives each prompt exactly its batch-1 generation. Prompts of different lengths make the
+/// prefill ragged; the sentence level (compress on a generated splitter) puts the rows'
+/// compression blocks at different steps.
+#[test]
+fn split_and_padded_ragged_steps_equal_batch_1() {
+    let m = model(11, false);
+    {
+        // make the splitter a frequent (but data-dependent) argmax
+        let _g = tch::no_grad_guard();
+        let _ = m.lm_head().get(S).g_mul_scalar_(SPLIT_BOOST);
+    }
+    let mut rng = Rng(5);
+    let prompts: Vec<PromptInput> = (0..4)
+        .map(|i| PromptInput::plain((0..2 + 5 * i).map(|_| rng.next(38) as i64 + 1).collect()))
+        .collect();
+    for level in [Level::Token { step: 5 }, Level::Sentence] {
+        let mut c = cfg(Method::LightThinker, level, 2, MaskFlags::default());
+        c.max_new_tokens = 40;
+        let singles: Vec<_> = prompts
+            .iter()
+            .map(|p| Generator::new(&m, c.clone()).generate(p).unwrap())
+            .collect();
+        if level == Level::Sentence {
+            let at: Vec<Vec<usize>> = singles
+                .iter()
+                .map(|g| {
+                    g.output_ids
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &t)| t == S)
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+                .collect();
+            eprintln!("splitters at {at:?}");
+            assert!(at.iter().filter(|a| !a.is_empty()).count() >= 2, "{at:?}");
+            assert!(
+                at.windows(2).any(|w| w[0] != w[1]),
+                "rows compress in step: {at:?}"
+            );
+        }
+        for cost in [f64::INFINITY, 0.0, 8.0] {
+            let gen = Generator::new(&m, c.clone()).with_forward_cost(cost);
+            let batch = gen.generate_batch(&prompts, &mut ()).unwrap();
+            for (single, b) in singles.iter().zip(&batch) {
+                assert_eq!(single.output_ids, b.output_ids, "cost {cost}");
+                assert_eq!(single.kv_trace, b.kv_trace, "cost {cost}");
+                assert_eq!(
+                    (single.dep, single.max_token, single.n_compress),
+                    (b.dep, b.max_token, b.n_compress)
+                );
+            }
+        }
+    }
+}

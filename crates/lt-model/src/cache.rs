@@ -206,6 +206,67 @@ impl KvCache {
         self.capacity = new_cap;
     }
 
+    /// Lend `row` as a batch-1 cache that shares this cache's storage: forwards and evictions
+    /// through it update the row in place. Room for `extra` more slots is made first, so the
+    /// view never has to grow. Give it back with [`KvCache::return_row`] before using the row
+    /// here again (until then the row reads as empty of positions). `None` for a row out of range.
+    ///
+    /// This is how a ragged batch step runs one row's long block alone (lt-infer) instead of
+    /// padding every row to it.
+    ///
+    /// ```no_run
+    /// # use lt_model::{Model, ModelConfig, Device, Kind};
+    /// # let model = Model::random(&ModelConfig::tiny_llama(16, 16, 1, 2, 1, 16), Device::Cpu, Kind::Float, 0).unwrap();
+    /// let mut cache = model.new_cache(4, 32);
+    /// let mut one = cache.borrow_row(2, 8).unwrap();
+    /// assert_eq!(one.batch(), 1);
+    /// // ... model.forward(&ids, &pos, AttnMask::Causal, Some(&mut one), Logits::Last) ...
+    /// cache.return_row(2, one);
+    /// ```
+    pub fn borrow_row(&mut self, row: usize, extra: usize) -> Option<KvCache> {
+        let len = *self.lens.get(row)?;
+        self.reserve((len + extra).saturating_sub(self.max_len()));
+        let r = row as i64;
+        Some(KvCache {
+            k: self.k.iter().map(|t| t.narrow(0, r, 1)).collect(),
+            v: self.v.iter().map(|t| t.narrow(0, r, 1)).collect(),
+            lens: vec![len],
+            positions: vec![std::mem::take(&mut self.positions[row])],
+            capacity: self.capacity,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            kind: self.kind,
+            device: self.device,
+        })
+    }
+
+    /// Take back a row lent by [`KvCache::borrow_row`]: its length and positions (and, should
+    /// the view have grown after all, its slots).
+    pub fn return_row(&mut self, row: usize, mut view: KvCache) {
+        if row >= self.batch() || view.batch() != 1 {
+            return;
+        }
+        let len = view.lens[0];
+        if view.capacity != self.capacity {
+            // the view reallocated: copy its slots back into this cache's storage
+            self.reserve(len.saturating_sub(self.max_len()));
+            let _mode = crate::InferenceMode::disabled();
+            let _g = tch::no_grad_guard();
+            for (dst, src) in self
+                .k
+                .iter_mut()
+                .chain(self.v.iter_mut())
+                .zip(view.k.iter().chain(view.v.iter()))
+            {
+                dst.narrow(0, row as i64, 1)
+                    .narrow(2, 0, len as i64)
+                    .copy_(&src.narrow(2, 0, len as i64));
+            }
+        }
+        self.lens[row] = len;
+        self.positions[row] = std::mem::take(&mut view.positions[0]);
+    }
+
     /// Lengths before the current append, per row.
     pub(crate) fn lens(&self) -> &[usize] {
         &self.lens

@@ -1,4 +1,4 @@
-//! oneDNN weight prepacking for CPU inference (see `csrc/onednn.cpp`).
+//! oneDNN weight prepacking for CPU inference (see `csrc/shim.cpp`).
 //!
 //! libtorch's default CPU matmul re-lays-out ("packs") the weight on every call and, for f32,
 //! goes through the bundled MKL, which takes its AVX2 path on non-Intel CPUs. Packing each weight

@@ -450,3 +450,93 @@ fn backward_through_masked_forward() {
     assert!(name.ends_with("q_proj.weight"), "{name}");
     assert!(p.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
+
+/// A row lent with `borrow_row` runs a forward, an eviction and a decode on its own, in place:
+/// its logits equal a batch-1 cache's, the other row's slots stay bit-identical, and after
+/// `return_row` the batch decodes both rows as if the row had been fed in the batch. The lent
+/// row's block is longer than the capacity left, so lending must make room first.
+#[test]
+fn borrowed_row_runs_alone_in_place() {
+    let _g = tch::no_grad_guard();
+    let (_, m) = models().remove(0);
+    let seqs = [ids(20, 0, 61, 31), ids(20, 0, 61, 32)];
+    let mut cb = m.new_cache(2, 8);
+    let ids0 = Tensor::cat(&[row(&seqs[0][..5]), row(&seqs[1][..5])], 0);
+    let pos0 = Tensor::cat(&[arange_row(0, 5), arange_row(0, 5)], 0);
+    let _ = m
+        .forward(&ids0, &pos0, AttnMask::Causal, Some(&mut cb), Logits::None)
+        .unwrap();
+    let other_before = cb.keys(0).unwrap().get(0).narrow(1, 0, 5).copy();
+    // row 1 alone: a 9-token block (5 + 9 > capacity 8), then evict [2, 6)
+    let mut one = cb.borrow_row(1, 9).unwrap();
+    assert_eq!((one.batch(), one.row_len(0)), (1, 5));
+    assert!(cb.capacity() >= 14);
+    let got = m
+        .forward(
+            &row(&seqs[1][5..14]),
+            &arange_row(5, 14),
+            AttnMask::Causal,
+            Some(&mut one),
+            Logits::Last,
+        )
+        .unwrap();
+    one.evict(2..6);
+    cb.return_row(1, one);
+    assert_eq!((cb.row_len(0), cb.row_len(1)), (5, 10));
+    assert_eq!(cb.row_positions(1), &[0, 1, 6, 7, 8, 9, 10, 11, 12, 13]);
+    let other_after = cb.keys(0).unwrap().get(0).narrow(1, 0, 5);
+    assert!(other_before.equal(&other_after), "row 0 changed");
+
+    let mut single = m.new_cache(1, 4);
+    let _ = m
+        .forward(
+            &row(&seqs[1][..5]),
+            &arange_row(0, 5),
+            AttnMask::Causal,
+            Some(&mut single),
+            Logits::None,
+        )
+        .unwrap();
+    let want = m
+        .forward(
+            &row(&seqs[1][5..14]),
+            &arange_row(5, 14),
+            AttnMask::Causal,
+            Some(&mut single),
+            Logits::Last,
+        )
+        .unwrap();
+    assert!(max_diff(&got, &want) <= TOL * max_abs(&want));
+    single.evict(2..6);
+    let mut single0 = m.new_cache(1, 4);
+    let _ = m
+        .forward(
+            &row(&seqs[0][..5]),
+            &arange_row(0, 5),
+            AttnMask::Causal,
+            Some(&mut single0),
+            Logits::None,
+        )
+        .unwrap();
+    // one batched decode step of both rows
+    let ids = Tensor::cat(&[row(&seqs[0][5..6]), row(&seqs[1][14..15])], 0);
+    let pos = Tensor::cat(&[arange_row(5, 6), arange_row(14, 15)], 0);
+    let got = m
+        .forward(&ids, &pos, AttnMask::Causal, Some(&mut cb), Logits::Last)
+        .unwrap();
+    for (r, c, i, p) in [(0, &mut single0, 5, 5), (1, &mut single, 14, 14)] {
+        let want = m
+            .forward(
+                &row(&seqs[r][i..i + 1]),
+                &arange_row(p, p + 1),
+                AttnMask::Causal,
+                Some(c),
+                Logits::Last,
+            )
+            .unwrap();
+        let d = max_diff(&got.get(r as i64).unsqueeze(0), &want);
+        assert!(d <= TOL * max_abs(&want), "row {r}: {d}");
+    }
+    // out of range
+    assert!(cb.borrow_row(2, 1).is_none());
+}

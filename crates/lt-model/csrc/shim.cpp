@@ -1,4 +1,4 @@
-// Thin C ABI over two oneDNN operators that libtorch registers but does not export through its
+// C++ shim of lt-model. (1) A thin C ABI over two oneDNN operators that libtorch registers but does not export through its
 // C API (and therefore not through tch): weight prepacking and the prepacked linear.
 //
 //   mkldnn::_reorder_linear_weight(Tensor self, int? batch_size=None) -> Tensor
