@@ -6,7 +6,7 @@
 //! at batch 1 vs batch 8. Criterion then times one decode step of each method.
 //!
 //! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 128, 0 = skip),
-//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
+//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs).
 use std::time::Instant;
 
@@ -210,6 +210,37 @@ fn ratios(rows: &[Row]) {
     }
 }
 
+/// A batch of 8 prompts of 32..256 tokens, prefilled (one new token): padded to the longest
+/// versus split by the engine's cost model (`Generator::with_forward_cost`).
+fn ragged_prefill(m: &Model, name: &str, reps: usize) {
+    let vocab = m.config().vocab_size;
+    let prompts: Vec<PromptInput> = (0..8)
+        .map(|i| {
+            PromptInput::plain(
+                (0..32 + 32 * i)
+                    .map(|j| (j * 7 % 1000 + 1) as i64)
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut best = [f64::MAX; 2];
+    for _ in 0..reps {
+        for (i, cost) in [f64::INFINITY, 8.0].into_iter().enumerate() {
+            let gen =
+                Generator::new(m, gen_cfg(Method::LightThinker, vocab, 1)).with_forward_cost(cost);
+            let t0 = Instant::now();
+            gen.generate_batch(&prompts, &mut ()).expect("prefill");
+            best[i] = best[i].min(t0.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "{name}: ragged prefill of 8 prompts (32..256 tokens): padded {:.3} s, split {:.3} s ({:.2}x)",
+        best[0],
+        best[1],
+        best[0] / best[1]
+    );
+}
+
 fn main() {
     let device = match std::env::var("LT_BENCH_DEVICE").as_deref() {
         Ok("cuda") => Device::Cuda(0),
@@ -271,6 +302,15 @@ fn main() {
     }
     report(&rows, !smoke);
     ratios(&rows);
+    if !smoke && env("LT_BENCH_RAGGED", 0) > 0 {
+        ragged_prefill(&tiny, "tiny", reps);
+        if n05 > 0 {
+            let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
+                .expect("0.5B-shaped model");
+            big.prepack().expect("prepack");
+            ragged_prefill(&big, "qwen0.5b", reps);
+        }
+    }
 
     // Criterion: one generation of 128 tokens on the tiny model (per-token time = result / 128).
     let mut c = Criterion::default().sample_size(10).configure_from_args();
