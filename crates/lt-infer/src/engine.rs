@@ -580,7 +580,8 @@ impl<'m> Generator<'m> {
     /// compression block) and others one token, padding every row to the longest block costs
     /// `cost + batch × longest`; running each long row alone (on a row lent by
     /// [`lt_model::KvCache::borrow_row`]) and the rest together costs `cost + block` per long
-    /// row plus `cost + batch`. The cheaper plan runs; outputs are the same either way.
+    /// row plus `cost + batch`; when most rows have finished, running only the active rows
+    /// alone is the third plan. The cheapest runs; outputs are the same either way.
     /// Defaults: 8 on the CPU (compute-bound: padding is expensive), 512 on a GPU (launch- and
     /// weight-bound: extra calls are). `f64::INFINITY` always pads, `0.0` splits whenever that
     /// feeds fewer rows.
@@ -711,9 +712,11 @@ impl<'m> Generator<'m> {
         Ok((gens, logits_out))
     }
 
-    /// Rows to run alone this step: the long blocks of a ragged step, when one forward per long
-    /// row plus one for the rest feeds fewer token-rows (forward cost included) than padding
-    /// every row to the longest block ([`Generator::with_forward_cost`]).
+    /// Rows to run alone this step, on their own cache row. Three plans, in fed token-rows with
+    /// `forward_cost` per forward call ([`Generator::with_forward_cost`]): one forward padding
+    /// every row (finished ones too) to the longest block; each long block alone plus one padded
+    /// forward of the one-token rows; every active row alone (when most rows have finished).
+    /// The cheapest wins; ties pad.
     fn solo_rows(&self, plans: &[Option<Planned>]) -> Vec<usize> {
         let b = plans.len();
         let lens: Vec<usize> = plans
@@ -721,19 +724,24 @@ impl<'m> Generator<'m> {
             .map(|p| p.as_ref().map_or(0, |p| p.ids.len()))
             .collect();
         let t = lens.iter().copied().max().unwrap_or(0);
-        if b < 2 || t < 2 {
+        if b < 2 || t == 0 {
             return Vec::new();
         }
         let phi = self.forward_cost;
         let padded = phi + (b * t) as f64;
+        let alone = |rows: &[usize]| rows.iter().map(|&r| phi + lens[r] as f64).sum::<f64>();
         let long: Vec<usize> = (0..b).filter(|&r| lens[r] > 1).collect();
         let rest = if lens.contains(&1) {
             phi + b as f64
         } else {
             0.0
         };
-        let split = long.iter().map(|&r| phi + lens[r] as f64).sum::<f64>() + rest;
-        if split < padded {
+        let split_long = alone(&long) + rest;
+        let active: Vec<usize> = (0..b).filter(|&r| lens[r] > 0).collect();
+        let all_alone = alone(&active);
+        if all_alone < padded && all_alone <= split_long {
+            active
+        } else if split_long < padded {
             long
         } else {
             Vec::new()
@@ -971,5 +979,16 @@ mod tests {
         assert_eq!(cpu.solo_rows(&prompts), vec![0, 1, 3]); // 8+400 vs 3*8+150
         let even = vec![plan(100), plan(95)];
         assert!(cpu.solo_rows(&even).is_empty()); // 8+200 vs 16+195
+                                                  // most rows finished: the active ones run alone (8+8 padded vs 9)
+        let mut tail = vec![None; 8];
+        tail[5] = plan(1);
+        assert_eq!(cpu.solo_rows(&tail), vec![5]);
+        assert_eq!(gpu.solo_rows(&tail), vec![5]); // one call either way, fewer rows
+        tail[2] = plan(1);
+        assert!(cpu.solo_rows(&tail).is_empty()); // 16 vs 18
+                                                  // one active row compressing among finished ones: alone (8+80 vs 18)
+        let mut tail = vec![None; 8];
+        tail[3] = plan(10);
+        assert_eq!(cpu.solo_rows(&tail), vec![3]);
     }
 }

@@ -301,6 +301,47 @@ fn batch_n_equals_batch_1_random_model() {
 
 const SPLIT_BOOST: f64 = 2.5;
 
+/// Rows that finish early leave a batch of mostly finished rows: every policy (pad, split,
+/// the active rows alone) still gives each prompt its batch-1 generation.
+#[test]
+fn finished_rows_any_policy_equals_batch_1() {
+    let m = model(13, false);
+    {
+        // make EOS a data-dependent argmax so rows stop at different lengths
+        let _g = tch::no_grad_guard();
+        let _ = m.lm_head().get(EOS).g_mul_scalar_(EOS_BOOST);
+    }
+    let mut rng = Rng(21);
+    let prompts: Vec<PromptInput> = (0..5)
+        .map(|i| PromptInput::plain((0..3 + i).map(|_| rng.next(38) as i64 + 1).collect()))
+        .collect();
+    let mut c = cfg(
+        Method::LightThinker,
+        Level::Token { step: 3 },
+        2,
+        MaskFlags::default(),
+    );
+    c.max_new_tokens = 30;
+    let singles: Vec<_> = prompts
+        .iter()
+        .map(|p| Generator::new(&m, c.clone()).generate(p).unwrap())
+        .collect();
+    let lens: Vec<usize> = singles.iter().map(|g| g.output_ids.len()).collect();
+    eprintln!("lengths {lens:?}");
+    assert!(lens.windows(2).any(|w| w[0] != w[1]), "{lens:?}");
+    for cost in [f64::INFINITY, 0.0, 8.0] {
+        let gen = Generator::new(&m, c.clone()).with_forward_cost(cost);
+        let batch = gen.generate_batch(&prompts, &mut ()).unwrap();
+        for (single, b) in singles.iter().zip(&batch) {
+            assert_eq!(single.output_ids, b.output_ids, "cost {cost}");
+            assert_eq!(single.kv_trace, b.kv_trace, "cost {cost}");
+            assert_eq!((single.dep, single.n_compress), (b.dep, b.n_compress));
+        }
+    }
+}
+
+const EOS_BOOST: f64 = 3.0;
+
 /// Ragged steps run either padded or split (long blocks alone on a lent cache row): every
 /// policy gives each prompt exactly its batch-1 generation. Prompts of different lengths make the
 /// prefill ragged; the sentence level (compress on a generated splitter) puts the rows'
