@@ -564,10 +564,14 @@ const DEFAULT_FORWARD_COST_GPU: f64 = 512.0;
 impl<'m> Generator<'m> {
     /// A generator for `model` with `cfg`.
     pub fn new(model: &'m Model, cfg: GenConfig) -> Self {
-        let forward_cost = match model.device() {
-            tch::Device::Cpu => DEFAULT_FORWARD_COST_CPU,
-            _ => DEFAULT_FORWARD_COST_GPU,
-        };
+        let forward_cost = std::env::var("LT_FORWARD_COST")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| *v >= 0.0)
+            .unwrap_or(match model.device() {
+                tch::Device::Cpu => DEFAULT_FORWARD_COST_CPU,
+                _ => DEFAULT_FORWARD_COST_GPU,
+            });
         Generator {
             model,
             cfg,
@@ -583,8 +587,8 @@ impl<'m> Generator<'m> {
     /// row plus `cost + batch`; when most rows have finished, running only the active rows
     /// alone is the third plan. The cheapest runs; outputs are the same either way.
     /// Defaults: 8 on the CPU (compute-bound: padding is expensive), 512 on a GPU (launch- and
-    /// weight-bound: extra calls are). `f64::INFINITY` always pads, `0.0` splits whenever that
-    /// feeds fewer rows.
+    /// weight-bound: extra calls are), or the environment variable `LT_FORWARD_COST` (`inf`
+    /// always pads). `f64::INFINITY` always pads, `0.0` splits whenever that feeds fewer rows.
     pub fn with_forward_cost(mut self, token_rows: f64) -> Self {
         self.forward_cost = token_rows.max(0.0);
         self
