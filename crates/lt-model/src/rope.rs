@@ -59,12 +59,17 @@ impl Rope {
         }
     }
 
-    /// cos, sin of shape [B, 1, T, head_dim] in `kind` for position ids [B, T].
+    /// cos and the rotation's sin of shape [B, 1, T, head_dim] in `kind` for position ids
+    /// [B, T]: `cos = [cos f, cos f]`, `sin = [-sin f, sin f]` — HF's sin with the sign of
+    /// `rotate_half` folded into its first half (see [`apply_rope`]).
     pub(crate) fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let pos = position_ids.to_kind(Kind::Float).unsqueeze(-1); // [B,T,1]
         let freqs = pos * self.inv_freq.view([1, 1, -1]); // [B,T,D/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B,1,T,D]
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let c = freqs.cos();
+        let s = freqs.sin();
+        let cos = Tensor::cat(&[&c, &c], -1).unsqueeze(1); // [B,1,T,D]
+        let sin = Tensor::cat(&[&(-&s), &s], -1).unsqueeze(1);
+        (cos.to_kind(kind), sin.to_kind(kind))
     }
 }
 
@@ -103,6 +108,8 @@ impl Rope {
             }
             c.copy_within(..half, half);
             s.copy_within(..half, half);
+            // the sign of rotate_half folded into sin (see `apply_rope`)
+            s[..half].iter_mut().for_each(|v| *v = -*v);
         }
         drop(table);
         let shape = [b, 1, t, d as i64];
@@ -150,16 +157,14 @@ impl Rope {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size().last().copied().unwrap_or(0) / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[&(-x2), &x1], -1)
-}
-
-/// `x * cos + rotate_half(x) * sin` for x [B, heads, T, D].
+/// HF's `x * cos + rotate_half(x) * sin` for x [B, heads, T, D], with `sin` from
+/// [`Rope::cos_sin`] (first half negated): `rotate_half(x) * sin_hf = roll(x, D/2) * sin`, exactly
+/// (a negation is exact), in 4 ops instead of 7.
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let mut y = x * cos;
+    let _ = y.g_add_(&(x.roll([half], [-1]) * sin));
+    y
 }
 
 #[cfg(test)]
