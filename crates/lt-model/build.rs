@@ -1,4 +1,5 @@
-//! Compiles `csrc/shim.cpp` (oneDNN prepacking, InferenceMode, the decode-attention kernel) against the libtorch torch-sys found.
+//! Compiles `csrc/shim.cpp` (oneDNN weight prepacking, `c10::InferenceMode`) against the
+//! libtorch torch-sys found.
 use std::path::PathBuf;
 
 fn main() {

@@ -290,13 +290,17 @@ fn main() {
     } else {
         env("LT_BENCH_05B_TOKENS", 128)
     };
-    if n05 > 0 {
+    // the 0.5B shape is made (and prepacked) once, for its rows and the ragged prefill
+    let big = (n05 > 0).then(|| {
         let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
             .expect("0.5B-shaped model");
         big.prepack().expect("prepack");
+        big
+    });
+    if let Some(big) = &big {
         for batch in [1, bs] {
             for method in [Method::Vanilla, Method::LightThinker] {
-                rows.push(run(&big, "qwen0.5b", method, n05, batch, reps));
+                rows.push(run(big, "qwen0.5b", method, n05, batch, reps));
             }
         }
     }
@@ -304,11 +308,8 @@ fn main() {
     ratios(&rows);
     if !smoke && env("LT_BENCH_RAGGED", 0) > 0 {
         ragged_prefill(&tiny, "tiny", reps);
-        if n05 > 0 {
-            let mut big = Model::random(&ModelConfig::qwen2_5_0_5b_shape(), device, kind, 0)
-                .expect("0.5B-shaped model");
-            big.prepack().expect("prepack");
-            ragged_prefill(&big, "qwen0.5b", reps);
+        if let Some(big) = &big {
+            ragged_prefill(big, "qwen0.5b", reps);
         }
     }
 

@@ -983,14 +983,16 @@ mod tests {
         assert_eq!(cpu.solo_rows(&prompts), vec![0, 1, 3]); // 8+400 vs 3*8+150
         let even = vec![plan(100), plan(95)];
         assert!(cpu.solo_rows(&even).is_empty()); // 8+200 vs 16+195
-                                                  // most rows finished: the active ones run alone (8+8 padded vs 9)
+
+        // most rows finished: the active ones run alone (8+8 padded vs 9)
         let mut tail = vec![None; 8];
         tail[5] = plan(1);
         assert_eq!(cpu.solo_rows(&tail), vec![5]);
         assert_eq!(gpu.solo_rows(&tail), vec![5]); // one call either way, fewer rows
         tail[2] = plan(1);
         assert!(cpu.solo_rows(&tail).is_empty()); // 16 vs 18
-                                                  // one active row compressing among finished ones: alone (8+80 vs 18)
+
+        // one active row compressing among finished ones: alone (8+80 vs 18)
         let mut tail = vec![None; 8];
         tail[3] = plan(10);
         assert_eq!(cpu.solo_rows(&tail), vec![3]);

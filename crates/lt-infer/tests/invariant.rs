@@ -3,7 +3,9 @@
 //! whole uncompressed sequence with the lt-mask training mask (aug-wo-pc) and the same position
 //! ids — for every flag combination, LightThinker (thought and token level) and AnLLM, f32 ≤ 1e-4.
 //! Also: local ≡ global masks, and batch N ≡ batch 1 on random models.
-use lt_infer::{GenConfig, Generator, Level, Method, PromptInput, StopReason, UpdateMethod};
+use lt_infer::{
+    GenConfig, Generation, Generator, Level, Method, PromptInput, StopReason, UpdateMethod,
+};
 use lt_mask::{BlockKind, Layout, MaskFlags, ThoughtBlock};
 use lt_model::{AttnMask, Device, Kind, Logits, Model, ModelConfig};
 use tch::Tensor;
@@ -266,6 +268,46 @@ fn incremental_equals_full_forward_token_level_and_anllm() {
     }
 }
 
+/// Each batched generation equals its prompt's batch-1 generation: tokens, KV trace, Dep, peak,
+/// compressions.
+fn assert_same_generations(singles: &[Generation], batch: &[Generation], what: &str) {
+    assert_eq!(singles.len(), batch.len(), "{what}");
+    for (single, b) in singles.iter().zip(batch) {
+        assert_eq!(single.output_ids, b.output_ids, "{what}");
+        assert_eq!(single.kv_trace, b.kv_trace, "{what}");
+        assert_eq!(
+            (single.dep, single.max_token, single.n_compress),
+            (b.dep, b.max_token, b.n_compress),
+            "{what}"
+        );
+    }
+}
+
+/// Batch-1 generation of each prompt, then the batch under every step policy (always pad,
+/// always split, the default CPU cost) checked against it; returns the batch-1 generations.
+fn assert_every_policy_equals_batch_1(
+    m: &Model,
+    c: &GenConfig,
+    prompts: &[PromptInput],
+) -> Vec<Generation> {
+    let singles: Vec<_> = prompts
+        .iter()
+        .map(|p| Generator::new(m, c.clone()).generate(p).unwrap())
+        .collect();
+    for cost in [f64::INFINITY, 0.0, 8.0] {
+        let gen = Generator::new(m, c.clone()).with_forward_cost(cost);
+        let batch = gen.generate_batch(prompts, &mut ()).unwrap();
+        assert_same_generations(&singles, &batch, &format!("forward cost {cost}"));
+    }
+    singles
+}
+
+/// Scale `token`'s lm_head row so it becomes a frequent but data-dependent argmax.
+fn boost_logit(m: &Model, token: i64, factor: f64) {
+    let _g = tch::no_grad_guard();
+    let _ = m.lm_head().get(token).g_mul_scalar_(factor);
+}
+
 /// Greedy generation of several prompts in one ragged batch equals generating each alone, on a
 /// random model forced to compress often (splitter logit boosted through its lm_head bias-free row).
 #[test]
@@ -287,15 +329,8 @@ fn batch_n_equals_batch_1_random_model() {
         c.max_new_tokens = 25 + (flags.see_current as usize);
         let gen = Generator::new(&m, c);
         let batch = gen.generate_batch(&prompts, &mut ()).unwrap();
-        for (p, b) in prompts.iter().zip(&batch) {
-            let single = gen.generate(p).unwrap();
-            assert_eq!(single.output_ids, b.output_ids);
-            assert_eq!(single.kv_trace, b.kv_trace);
-            assert_eq!(
-                (single.dep, single.max_token, single.n_compress),
-                (b.dep, b.max_token, b.n_compress)
-            );
-        }
+        let singles: Vec<_> = prompts.iter().map(|p| gen.generate(p).unwrap()).collect();
+        assert_same_generations(&singles, &batch, &format!("{flags:?}"));
     }
 }
 
@@ -306,11 +341,8 @@ const SPLIT_BOOST: f64 = 2.5;
 #[test]
 fn finished_rows_any_policy_equals_batch_1() {
     let m = model(13, false);
-    {
-        // make EOS a data-dependent argmax so rows stop at different lengths
-        let _g = tch::no_grad_guard();
-        let _ = m.lm_head().get(EOS).g_mul_scalar_(EOS_BOOST);
-    }
+    // EOS a data-dependent argmax: rows stop at different lengths
+    boost_logit(&m, EOS, EOS_BOOST);
     let mut rng = Rng(21);
     let prompts: Vec<PromptInput> = (0..5)
         .map(|i| PromptInput::plain((0..3 + i).map(|_| rng.next(38) as i64 + 1).collect()))
@@ -322,22 +354,9 @@ fn finished_rows_any_policy_equals_batch_1() {
         MaskFlags::default(),
     );
     c.max_new_tokens = 30;
-    let singles: Vec<_> = prompts
-        .iter()
-        .map(|p| Generator::new(&m, c.clone()).generate(p).unwrap())
-        .collect();
+    let singles = assert_every_policy_equals_batch_1(&m, &c, &prompts);
     let lens: Vec<usize> = singles.iter().map(|g| g.output_ids.len()).collect();
-    eprintln!("lengths {lens:?}");
     assert!(lens.windows(2).any(|w| w[0] != w[1]), "{lens:?}");
-    for cost in [f64::INFINITY, 0.0, 8.0] {
-        let gen = Generator::new(&m, c.clone()).with_forward_cost(cost);
-        let batch = gen.generate_batch(&prompts, &mut ()).unwrap();
-        for (single, b) in singles.iter().zip(&batch) {
-            assert_eq!(single.output_ids, b.output_ids, "cost {cost}");
-            assert_eq!(single.kv_trace, b.kv_trace, "cost {cost}");
-            assert_eq!((single.dep, single.n_compress), (b.dep, b.n_compress));
-        }
-    }
 }
 
 const EOS_BOOST: f64 = 3.0;
@@ -349,11 +368,8 @@ const EOS_BOOST: f64 = 3.0;
 #[test]
 fn split_and_padded_ragged_steps_equal_batch_1() {
     let m = model(11, false);
-    {
-        // make the splitter a frequent (but data-dependent) argmax
-        let _g = tch::no_grad_guard();
-        let _ = m.lm_head().get(S).g_mul_scalar_(SPLIT_BOOST);
-    }
+    // the splitter a frequent (but data-dependent) argmax: rows compress at different steps
+    boost_logit(&m, S, SPLIT_BOOST);
     let mut rng = Rng(5);
     let prompts: Vec<PromptInput> = (0..4)
         .map(|i| PromptInput::plain((0..2 + 5 * i).map(|_| rng.next(38) as i64 + 1).collect()))
@@ -361,10 +377,7 @@ fn split_and_padded_ragged_steps_equal_batch_1() {
     for level in [Level::Token { step: 5 }, Level::Sentence] {
         let mut c = cfg(Method::LightThinker, level, 2, MaskFlags::default());
         c.max_new_tokens = 40;
-        let singles: Vec<_> = prompts
-            .iter()
-            .map(|p| Generator::new(&m, c.clone()).generate(p).unwrap())
-            .collect();
+        let singles = assert_every_policy_equals_batch_1(&m, &c, &prompts);
         if level == Level::Sentence {
             let at: Vec<Vec<usize>> = singles
                 .iter()
@@ -377,24 +390,11 @@ fn split_and_padded_ragged_steps_equal_batch_1() {
                         .collect()
                 })
                 .collect();
-            eprintln!("splitters at {at:?}");
             assert!(at.iter().filter(|a| !a.is_empty()).count() >= 2, "{at:?}");
             assert!(
                 at.windows(2).any(|w| w[0] != w[1]),
                 "rows compress in step: {at:?}"
             );
-        }
-        for cost in [f64::INFINITY, 0.0, 8.0] {
-            let gen = Generator::new(&m, c.clone()).with_forward_cost(cost);
-            let batch = gen.generate_batch(&prompts, &mut ()).unwrap();
-            for (single, b) in singles.iter().zip(&batch) {
-                assert_eq!(single.output_ids, b.output_ids, "cost {cost}");
-                assert_eq!(single.kv_trace, b.kv_trace, "cost {cost}");
-                assert_eq!(
-                    (single.dep, single.max_token, single.n_compress),
-                    (b.dep, b.max_token, b.n_compress)
-                );
-            }
         }
     }
 }
