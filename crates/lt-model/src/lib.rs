@@ -26,6 +26,7 @@
 mod cache;
 mod config;
 pub mod device;
+mod fused;
 mod inference_mode;
 mod io;
 mod model;

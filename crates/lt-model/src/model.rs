@@ -4,6 +4,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::cache::KvCache;
+use crate::fused::KvLayout;
 use crate::rope::{apply_rope, Rope};
 use crate::{ModelConfig, ModelError};
 
@@ -302,25 +303,15 @@ impl Attention {
             Some((c, layer)) => c.append_layer(layer, &k, &v)?,
             None => (k, v),
         };
-        let keys = k.size().get(2).copied().unwrap_or(0);
-        let y = if t == 1
-            && inp.infer
-            && q.device() == Device::Cpu
-            && eager_is_faster(q.kind(), b * self.heads, keys, self.head_dim)
-        {
-            eager_attention(&q, &k, &v, inp.mask, self.kv_heads)?
-        } else {
-            Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                inp.mask,
-                0.0,
-                inp.is_causal,
-                None::<f64>,
-                self.heads != self.kv_heads,
-            )?
-        };
+        let y = attend(
+            &q,
+            &k,
+            &v,
+            inp.mask,
+            inp.is_causal,
+            self.kv_heads,
+            inp.infer,
+        )?;
         let y = y
             .transpose(1, 2)
             .reshape([b, t, self.heads * self.head_dim]);
@@ -356,6 +347,309 @@ impl Attention {
             v,
         )
     }
+}
+
+/// Whether a step of `tokens` new tokens (all rows) is faster through the fused kernels than
+/// through libtorch, for a model of `params` weights per token: always for one token (a
+/// memory-bound matrix-vector product either way, without ~150 operator calls); otherwise while
+/// the step's dense multiply-adds stay below [`FUSED_MAX_DENSE_MACS`] — small models, where
+/// libtorch's per-operator cost dominates, up to their whole prompts; a 0.5B model's batched
+/// steps are compute-bound and libtorch's packed oneDNN GEMMs win (measured, docs/model.md).
+fn fused_pays(tokens: usize, params: usize) -> bool {
+    tokens == 1 || tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
+}
+
+/// See [`fused_pays`]: a width-128 4-layer model (0.85M weights) takes the fused path for up to
+/// ~150 tokens per step (8 rows × a 10-token compression block, or a 128-token prompt).
+const FUSED_MAX_DENSE_MACS: usize = 128 << 20;
+
+/// Multiply-adds of a fused decode step from which its rows are split over two threads.
+const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
+
+/// The shared inputs of one fused decode step ([`Model::forward_fused`]).
+struct FusedStep<'a> {
+    /// `t` token ids per row.
+    ids: &'a [i64],
+    /// New tokens per row.
+    t: usize,
+    /// RoPE tables, `head_dim` values per row.
+    cos: &'a [f32],
+    sin: &'a [f32],
+    /// Each row's cache length before the step (= the slot its new K/V go to).
+    lens: &'a [usize],
+    kv: &'a [(KvLayout, KvLayout)],
+    /// Additive mask, `keys` values per query token.
+    mask: Option<&'a [f32]>,
+    keys: usize,
+    logits: Logits,
+}
+
+/// A weight as a raw f32 slice (pointer + length) into a tensor the [`Model`] owns.
+#[derive(Clone, Copy, Debug)]
+struct RawSlice {
+    ptr: *const f32,
+    len: usize,
+}
+
+// SAFETY: points into tensors owned by the model, which outlives every use (`FusedWeights` is
+// stored in the model and dropped/reset with it); the fused step only reads through it
+unsafe impl Send for RawSlice {}
+unsafe impl Sync for RawSlice {}
+
+/// The bias slice of a (weight, bias) pair.
+fn bias(l: &(RawSlice, Option<RawSlice>)) -> Option<&[f32]> {
+    l.1.as_ref().map(RawSlice::get)
+}
+
+impl RawSlice {
+    /// `t` must be a dense f32 CPU tensor.
+    fn of(t: &Tensor) -> Self {
+        RawSlice {
+            ptr: t.data_ptr() as *const f32,
+            len: t.numel(),
+        }
+    }
+    fn get(&self) -> &[f32] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: see the type's Send/Sync note; made from a live dense tensor of `len` floats
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// One layer's weights for the fused step: (weight, bias) per projection.
+#[derive(Debug)]
+struct FusedLayer {
+    ln1: RawSlice,
+    eps1: f32,
+    ln2: RawSlice,
+    eps2: f32,
+    q: (RawSlice, Option<RawSlice>),
+    k: (RawSlice, Option<RawSlice>),
+    v: (RawSlice, Option<RawSlice>),
+    o: (RawSlice, Option<RawSlice>),
+    gate: (RawSlice, Option<RawSlice>),
+    up: (RawSlice, Option<RawSlice>),
+    down: (RawSlice, Option<RawSlice>),
+}
+
+/// The model's weights as raw slices for the fused decode step ([`Model::forward_fused`]).
+#[derive(Debug)]
+struct FusedWeights {
+    embed: RawSlice,
+    norm: RawSlice,
+    norm_eps: f32,
+    head: RawSlice,
+    layers: Vec<FusedLayer>,
+}
+
+impl FusedWeights {
+    /// Multiply-adds per row of the dense part of a step (≈ parameters).
+    fn params(&self) -> usize {
+        let lin = |l: &(RawSlice, Option<RawSlice>)| l.0.len;
+        self.head.len
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    lin(&l.q)
+                        + lin(&l.k)
+                        + lin(&l.v)
+                        + lin(&l.o)
+                        + lin(&l.gate)
+                        + lin(&l.up)
+                        + lin(&l.down)
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Rows `rows` of a [`FusedStep`]: every layer, the final norm and the asked logits / hidden
+/// states into `out` (row-major, these rows only). Writes those rows' new cache slots.
+fn fused_rows(
+    cfg: &ModelConfig,
+    w: &FusedWeights,
+    st: &FusedStep<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    use crate::fused::{attend_one, linear, rms_norm, rope, silu_mul};
+    let t = st.t;
+    let n = rows.len() * t; // query tokens
+    let h = cfg.hidden_size;
+    let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+    let g = heads / kvh;
+    let inter = cfg.intermediate_size;
+    let scale = 1.0 / (d as f32).sqrt();
+    let embed = w.embed.get();
+    let mut x = vec![0f32; n * h];
+    for (r, &id) in st.ids[rows.start * t..rows.end * t].iter().enumerate() {
+        let id = id as usize;
+        x[r * h..(r + 1) * h].copy_from_slice(&embed[id * h..(id + 1) * h]);
+    }
+    let mut xn = vec![0f32; n * h];
+    let mut q = vec![0f32; n * heads * d];
+    let mut k = vec![0f32; n * kvh * d];
+    let mut v = vec![0f32; n * kvh * d];
+    let mut y = vec![0f32; n * heads * d];
+    let mut gate = vec![0f32; n * inter];
+    let mut up = vec![0f32; n * inter];
+    let mut act = vec![0f32; n * inter];
+    let mut scores = Vec::new();
+    for (li, lw) in w.layers.iter().enumerate() {
+        let (kl, vl) = st.kv[li];
+        rms_norm(&x, h, lw.ln1.get(), lw.eps1, &mut xn);
+        for (lin, dst, nh) in [
+            (&lw.q, &mut q, heads),
+            (&lw.k, &mut k, kvh),
+            (&lw.v, &mut v, kvh),
+        ] {
+            linear(&xn, n, h, lin.0.get(), nh * d, bias(lin), dst, false);
+        }
+        // token j of this thread = token i of sequence `row`
+        for (j, (row, i)) in rows
+            .clone()
+            .flat_map(|row| (0..t).map(move |i| (row, i)))
+            .enumerate()
+        {
+            let at = (row * t + i) * d;
+            let (c, s) = (&st.cos[at..at + d], &st.sin[at..at + d]);
+            for head in q[j * heads * d..(j + 1) * heads * d].chunks_exact_mut(d) {
+                rope(head, c, s);
+            }
+            for (gk, head) in k[j * kvh * d..(j + 1) * kvh * d]
+                .chunks_exact_mut(d)
+                .enumerate()
+            {
+                rope(head, c, s);
+                let vh = &v[(j * kvh + gk) * d..(j * kvh + gk + 1) * d];
+                // SAFETY: row < batch, gk < kv_heads, slot < lens + t <= capacity (checked
+                // when the layouts were taken); only this thread writes this row
+                unsafe {
+                    let slot = st.lens[row] + i;
+                    std::ptr::copy_nonoverlapping(head.as_ptr(), kl.at(row, gk, slot), d);
+                    std::ptr::copy_nonoverlapping(vh.as_ptr(), vl.at(row, gk, slot), d);
+                }
+            }
+        }
+        // every new slot is written before any query reads (masks may look ahead)
+        for (j, (row, i)) in rows
+            .clone()
+            .flat_map(|row| (0..t).map(move |i| (row, i)))
+            .enumerate()
+        {
+            let (len, mask) = match st.mask {
+                Some(m) => {
+                    let len = st.lens[row] + t;
+                    let at = (row * t + i) * st.keys;
+                    (len, Some(&m[at..at + len]))
+                }
+                None => (st.lens[row] + i + 1, None),
+            };
+            for gk in 0..kvh {
+                let qh = (j * heads + gk * g) * d;
+                // SAFETY: as above; `len` slots of this row are in use
+                unsafe {
+                    attend_one(
+                        &q[qh..qh + g * d],
+                        g,
+                        d,
+                        kl.at(row, gk, 0),
+                        vl.at(row, gk, 0),
+                        kl.slot,
+                        len,
+                        mask,
+                        scale,
+                        &mut scores,
+                        &mut y[qh..qh + g * d],
+                    );
+                }
+            }
+        }
+        // x += o(y): the residual is already in x
+        linear(&y, n, heads * d, lw.o.0.get(), h, bias(&lw.o), &mut x, true);
+        rms_norm(&x, h, lw.ln2.get(), lw.eps2, &mut xn);
+        linear(
+            &xn,
+            n,
+            h,
+            lw.gate.0.get(),
+            inter,
+            bias(&lw.gate),
+            &mut gate,
+            false,
+        );
+        linear(
+            &xn,
+            n,
+            h,
+            lw.up.0.get(),
+            inter,
+            bias(&lw.up),
+            &mut up,
+            false,
+        );
+        silu_mul(&gate, &up, &mut act);
+        linear(
+            &act,
+            n,
+            inter,
+            lw.down.0.get(),
+            h,
+            bias(&lw.down),
+            &mut x,
+            true,
+        );
+    }
+    let vocab = cfg.vocab_size;
+    match st.logits {
+        Logits::None => rms_norm(&x, h, w.norm.get(), w.norm_eps, out),
+        Logits::All => {
+            rms_norm(&x, h, w.norm.get(), w.norm_eps, &mut xn);
+            linear(&xn, n, h, w.head.get(), vocab, None, out, false);
+        }
+        Logits::Last => {
+            // the last token of each row only
+            let last: Vec<f32> = x
+                .chunks_exact(t * h)
+                .flat_map(|r| r[(t - 1) * h..].iter().copied())
+                .collect();
+            let b = rows.len();
+            rms_norm(&last, h, w.norm.get(), w.norm_eps, &mut xn[..b * h]);
+            linear(&xn[..b * h], b, h, w.head.get(), vocab, None, out, false);
+        }
+    }
+    Ok(())
+}
+
+/// Attention of `q` `[B, H, T, D]` over `k`, `v` `[B, KV, L, D]` (RoPE applied, cache included):
+/// SDPA (fused `is_causal` when asked, the mask otherwise), or the explicit eager form for
+/// one-query CPU steps where that is faster ([`eager_is_faster`]). Returns `[B, H, T, D]`.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    is_causal: bool,
+    kv_heads: i64,
+    infer: bool,
+) -> Result<Tensor, ModelError> {
+    let (b, h, t, d) = q.size4()?;
+    let keys = k.size().get(2).copied().unwrap_or(0);
+    if t == 1 && infer && q.device() == Device::Cpu && eager_is_faster(q.kind(), b * h, keys, d) {
+        return eager_attention(q, k, v, mask, kv_heads);
+    }
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        mask,
+        0.0,
+        is_causal,
+        None::<f64>,
+        h != kv_heads,
+    )?)
 }
 
 /// Whether a one-query attention step is faster as explicit matmul + softmax + matmul than
@@ -484,6 +778,11 @@ pub struct Model {
     /// oneDNN-prepacked lm_head ([`Model::prepack`]).
     head_packed: Option<Tensor>,
     prepacked: bool,
+    /// The weights as raw f32 slices for the fused decode step, `None` when some weight is not
+    /// a dense f32 CPU tensor; made on first use, reset when weights may be replaced.
+    fused: std::sync::OnceLock<Option<FusedWeights>>,
+    /// [`Model::set_fused_decode`].
+    fused_decode: bool,
 }
 
 struct Builder<'a> {
@@ -588,6 +887,8 @@ impl Model {
             params,
             head_packed: None,
             prepacked: false,
+            fused: std::sync::OnceLock::new(),
+            fused_decode: true,
         })
     }
 
@@ -673,6 +974,7 @@ impl Model {
     }
     /// Mutable variable store.
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        self.fused = std::sync::OnceLock::new();
         &mut self.vs
     }
     /// Trainable tensors with HF names in a deterministic (HF module) order. Tied models have
@@ -763,6 +1065,21 @@ impl Model {
         Ok(stats)
     }
 
+    /// Whether one-token decode steps of an f32 CPU model may use the fused kernels (default
+    /// `true`; they run on x86-64 with AVX2 + FMA unless `LT_FUSED_DECODE=0`). The fused step
+    /// computes the same function with fewer, larger operations: results agree with the
+    /// libtorch path to float rounding, not bit for bit.
+    ///
+    /// ```no_run
+    /// # use lt_model::{Model, ModelConfig, Device, Kind};
+    /// let mut model = Model::random(&ModelConfig::tiny_llama(64, 32, 2, 4, 2, 64), Device::Cpu, Kind::Float, 0)?;
+    /// model.set_fused_decode(false); // libtorch operators only
+    /// # Ok::<(), lt_model::ModelError>(())
+    /// ```
+    pub fn set_fused_decode(&mut self, on: bool) {
+        self.fused_decode = on;
+    }
+
     /// Drop the prepacked copies made by [`Model::prepack`].
     pub fn unpack(&mut self) {
         for l in &mut self.layers {
@@ -774,6 +1091,7 @@ impl Model {
         }
         self.head_packed = None;
         self.prepacked = false;
+        self.fused = std::sync::OnceLock::new();
     }
 
     /// Whether [`Model::prepack`] ran (weights below the size threshold stay dense).
@@ -828,12 +1146,13 @@ impl Model {
         }
         let ids = to_dev_i64(input_ids, dev);
         let pos = to_dev_i64(position_ids, dev);
+        let mut ids_host = Vec::new();
         if ids.numel() > 0 {
             let (lo, hi) = if dev == Device::Cpu {
                 // one host copy instead of two reductions and two reads
-                let v = Vec::<i64>::try_from(ids.reshape([-1]))?;
-                let lo = v.iter().copied().min().unwrap_or(0);
-                (lo, v.iter().copied().max().unwrap_or(0))
+                ids_host = Vec::<i64>::try_from(ids.reshape([-1]))?;
+                let lo = ids_host.iter().copied().min().unwrap_or(0);
+                (lo, ids_host.iter().copied().max().unwrap_or(0))
             } else {
                 (ids.min().int64_value(&[]), ids.max().int64_value(&[]))
             };
@@ -880,6 +1199,26 @@ impl Model {
         } else {
             Vec::new()
         };
+        if infer {
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some(w) = self
+                    .fused_weights(c)
+                    .filter(|w| fused_pays(b as usize * t as usize, w.params()))
+                {
+                    return self.forward_fused(
+                        w,
+                        &ids_host,
+                        &pos_rows,
+                        &lens_before,
+                        c,
+                        t as usize,
+                        mask,
+                        attn_mask.as_ref(),
+                        logits,
+                    );
+                }
+            }
+        }
         let (cos, sin) = if dev == Device::Cpu {
             self.rope.cos_sin_host(&pos_rows, b, t, self.kind)
         } else {
@@ -911,6 +1250,175 @@ impl Model {
             Logits::None => x,
             Logits::All => head(&x),
             Logits::Last => head(&x).squeeze_dim(1),
+        })
+    }
+
+    /// The fused-kernel view of the weights when a one-token step can take the fused CPU
+    /// kernels ([`crate::fused`]): f32 weights and cache on the CPU, AVX2 + FMA, every weight
+    /// dense.
+    fn fused_weights(&self, cache: &KvCache) -> Option<&FusedWeights> {
+        if !self.fused_decode
+            || self.kind != Kind::Float
+            || self.device() != Device::Cpu
+            || cache.kind() != Kind::Float
+            || cache.device() != Device::Cpu
+            || !crate::fused::available()
+        {
+            return None;
+        }
+        self.fused
+            .get_or_init(|| {
+                let dense = |t: &Tensor| {
+                    (t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous())
+                        .then(|| RawSlice::of(t))
+                };
+                let lin = |l: &Linear| -> Option<(RawSlice, Option<RawSlice>)> {
+                    let b = match &l.b {
+                        Some(b) => Some(dense(b)?),
+                        None => None,
+                    };
+                    Some((dense(&l.w)?, b))
+                };
+                let mut layers = Vec::with_capacity(self.layers.len());
+                for l in &self.layers {
+                    layers.push(FusedLayer {
+                        ln1: dense(&l.ln1.w)?,
+                        eps1: l.ln1.eps as f32,
+                        ln2: dense(&l.ln2.w)?,
+                        eps2: l.ln2.eps as f32,
+                        q: lin(&l.attn.q)?,
+                        k: lin(&l.attn.k)?,
+                        v: lin(&l.attn.v)?,
+                        o: lin(&l.attn.o)?,
+                        gate: lin(&l.mlp.gate)?,
+                        up: lin(&l.mlp.up)?,
+                        down: lin(&l.mlp.down)?,
+                    });
+                }
+                Some(FusedWeights {
+                    embed: dense(&self.embed)?,
+                    norm: dense(&self.norm.w)?,
+                    norm_eps: self.norm.eps as f32,
+                    head: dense(self.lm_head())?,
+                    layers,
+                })
+            })
+            .as_ref()
+    }
+
+    /// A small step ([`fused_pays`]: a decode step, a forced compression block, a small model's
+    /// prompt) through the fused f32 kernels; same contract and results (to float
+    /// rounding) as the libtorch path of [`Model::forward`]. Rows are independent: with enough
+    /// work the batch is split over two threads, each running every layer for its rows (one
+    /// synchronisation per step).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_fused(
+        &self,
+        w: &FusedWeights,
+        ids: &[i64],
+        pos_rows: &[i64],
+        lens_before: &[usize],
+        cache: &mut KvCache,
+        t: usize,
+        mask: AttnMask<'_>,
+        attn_mask: Option<&Tensor>,
+        logits: Logits,
+    ) -> Result<Tensor, ModelError> {
+        let b = lens_before.len();
+        let keys = lens_before.iter().copied().max().unwrap_or(0) + t;
+        let layout = |x: &Tensor| -> Result<KvLayout, ModelError> {
+            let (st, size) = (x.stride(), x.size());
+            let ok = st.len() == 4
+                && st[3] == 1
+                && size[0] as usize == b
+                && size[1] as usize == self.cfg.kv_heads()
+                && size[2] as usize >= keys
+                && size[3] as usize == self.cfg.head_dim();
+            if !ok {
+                return Err(ModelError::Input(format!(
+                    "fused decode: unexpected cache layout {size:?} / {st:?}"
+                )));
+            }
+            Ok(KvLayout {
+                base: x.data_ptr() as *mut f32,
+                row: st[0] as isize,
+                head: st[1] as isize,
+                slot: st[2] as isize,
+            })
+        };
+        let mut kv = Vec::with_capacity(self.layers.len());
+        for li in 0..self.layers.len() {
+            let (k, v) = cache.layer_prefix(li, keys as i64)?;
+            kv.push((layout(&k)?, layout(&v)?));
+        }
+        // an explicit mask as additive f32 rows, `keys` per query token (Causal needs none:
+        // query i of a row sees that row's slots up to its own)
+        let mask_rows: Option<Vec<f32>> = match (mask, attn_mask) {
+            (AttnMask::Causal, _) | (_, None) => None,
+            (_, Some(m)) => {
+                let m = if m.kind() == Kind::Bool {
+                    Tensor::zeros([1], (Kind::Float, Device::Cpu))
+                        .masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+                } else {
+                    m.to_kind(Kind::Float)
+                };
+                let m = m
+                    .expand([b as i64, 1, t as i64, keys as i64], false)
+                    .contiguous();
+                Some(Vec::<f32>::try_from(m.reshape([-1]))?)
+            }
+        };
+        let (cos, sin) = self.rope.cos_sin_host_vecs(pos_rows);
+        let (width, per_row) = match logits {
+            Logits::None => (self.cfg.hidden_size, t),
+            Logits::All => (self.cfg.vocab_size, t),
+            Logits::Last => (self.cfg.vocab_size, 1),
+        };
+        let out = Tensor::empty(
+            [b as i64, (per_row * width) as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        // SAFETY: a fresh contiguous f32 tensor, written only here
+        let os = unsafe {
+            std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * per_row * width)
+        };
+        let step = FusedStep {
+            ids,
+            t,
+            cos: &cos,
+            sin: &sin,
+            lens: lens_before,
+            kv: &kv,
+            mask: mask_rows.as_deref(),
+            keys,
+            logits,
+        };
+        // multiply-adds of the step: weights once per token, attention over each context
+        let per_token = w.params()
+            + self.cfg.num_hidden_layers
+                * 2
+                * self.cfg.num_attention_heads
+                * self.cfg.head_dim()
+                * keys;
+        if b >= 2 && b * t * per_token >= FUSED_SPLIT_MIN_MACS {
+            let half = b / 2;
+            let (o0, o1) = os.split_at_mut(half * per_row * width);
+            let cfg = &self.cfg;
+            let (r0, r1) = rayon::join(
+                || fused_rows(cfg, w, &step, 0..half, o0),
+                || fused_rows(cfg, w, &step, half..b, o1),
+            );
+            r0?;
+            r1?;
+        } else {
+            fused_rows(&self.cfg, w, &step, 0..b, os)?;
+        }
+        let rows: Vec<Vec<i64>> = pos_rows.chunks(t).map(|r| r.to_vec()).collect();
+        cache.commit(&rows);
+        let (b, t) = (b as i64, t as i64);
+        Ok(match logits {
+            Logits::Last => out,
+            _ => out.view([b, t, width as i64]),
         })
     }
 

@@ -84,6 +84,21 @@ impl Rope {
         t: i64,
         kind: Kind,
     ) -> (Tensor, Tensor) {
+        let (cos, sin) = self.cos_sin_host_vecs(positions);
+        let d = 2 * self.inv_freq_host.len();
+        let shape = [b, 1, t, d as i64];
+        let c = Tensor::from_slice(&cos).view(shape);
+        let s = Tensor::from_slice(&sin).view(shape);
+        if kind == Kind::Float {
+            (c, s)
+        } else {
+            (c.to_kind(kind), s.to_kind(kind))
+        }
+    }
+
+    /// The f32 values of [`Rope::cos_sin_host`]: `head_dim` cos and `head_dim` sin per position,
+    /// row-major.
+    pub(crate) fn cos_sin_host_vecs(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq_host.len();
         let d = 2 * half;
         let need = positions
@@ -112,14 +127,7 @@ impl Rope {
             s[..half].iter_mut().for_each(|v| *v = -*v);
         }
         drop(table);
-        let shape = [b, 1, t, d as i64];
-        let c = Tensor::from_slice(&cos).view(shape);
-        let s = Tensor::from_slice(&sin).view(shape);
-        if kind == Kind::Float {
-            (c, s)
-        } else {
-            (c.to_kind(kind), s.to_kind(kind))
-        }
+        (cos, sin)
     }
 
     /// cos / sin of `p * inv_freq` (f32 product, as HF's one-term f32 matmul).
