@@ -350,13 +350,14 @@ impl Attention {
 }
 
 /// Whether a step of `tokens` new tokens (all rows) is faster through the fused kernels than
-/// through libtorch, for a model of `params` weights per token: always for one token (a
-/// memory-bound matrix-vector product either way, without ~150 operator calls); otherwise while
-/// the step's dense multiply-adds stay below [`FUSED_MAX_DENSE_MACS`] — small models, where
-/// libtorch's per-operator cost dominates, up to their whole prompts; a 0.5B model's batched
-/// steps are compute-bound and libtorch's packed oneDNN GEMMs win (measured, docs/model.md).
+/// through libtorch, for a model of `params` weights per token: while the step's dense
+/// multiply-adds stay below [`FUSED_MAX_DENSE_MACS`] — small models, where libtorch's
+/// per-operator cost dominates, up to their whole prompts. Larger steps are libtorch's: a 0.5B
+/// model's one-token step is memory-bound and oneDNN's packed matrix-vector product streams the
+/// weights ~10 % faster than ours; its batched steps are compute-bound and oneDNN's packed GEMM
+/// is 2× faster (measured, docs/model.md).
 fn fused_pays(tokens: usize, params: usize) -> bool {
-    tokens == 1 || tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
+    tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
 }
 
 /// See [`fused_pays`]: a width-128 4-layer model (0.85M weights) takes the fused path for up to
