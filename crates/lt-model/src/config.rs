@@ -189,6 +189,15 @@ impl ModelConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// Weights that multiply each token's activations: every projection of every layer plus
+    /// the lm_head (≈ multiply-adds per token of a forward pass, attention excluded).
+    pub fn dense_params(&self) -> usize {
+        let (h, d) = (self.hidden_size, self.head_dim());
+        let (q, kv) = (self.num_attention_heads * d, self.kv_heads() * d);
+        let layer = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size;
+        self.num_hidden_layers * layer + self.vocab_size * h
+    }
+
     /// Whether q/k/v projections have a bias.
     pub fn qkv_bias(&self) -> bool {
         match self.family() {

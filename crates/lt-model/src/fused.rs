@@ -132,6 +132,46 @@ fn sum_squares(x: &[f32]) -> f32 {
     s
 }
 
+/// [`rms_norm`] with HF's bf16 roundings: `bf16(w * bf16(x / rms))`.
+pub(crate) fn rms_norm_bf16(x: &[f32], h: usize, w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        let r = 1.0 / (sum_squares(xr) / h as f32 + eps).sqrt();
+        for (o, &v) in or.iter_mut().zip(xr) {
+            *o = v * r;
+        }
+        round_bf16(or);
+        for (o, &g) in or.iter_mut().zip(w) {
+            *o *= g;
+        }
+        round_bf16(or);
+    }
+}
+
+/// [`rope`] with HF's bf16 roundings: `bf16(bf16(x·cos) + bf16(roll(x)·sin))`.
+pub(crate) fn rope_bf16(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let src = x.to_vec();
+    let d = x.len();
+    let half = d / 2;
+    let r = |v: f32| f32::from_bits((bf16_bits(v) as u32) << 16);
+    for i in 0..d {
+        x[i] = r(r(src[i] * cos[i]) + r(src[(i + half) % d] * sin[i]));
+    }
+}
+
+/// `out = silu(gate) * up`; with `bf16`, HF's roundings: `bf16(bf16(silu(gate)) * up)`.
+pub(crate) fn silu_mul_rounded(gate: &[f32], up: &[f32], out: &mut [f32], bf16: bool) {
+    if !bf16 {
+        return silu_mul(gate, up, out);
+    }
+    let ones = vec![1f32; gate.len()];
+    silu_mul(gate, &ones, out);
+    round_bf16(out);
+    for (o, &u) in out.iter_mut().zip(up) {
+        *o *= u;
+    }
+    round_bf16(out);
+}
+
 /// RoPE on one head in place: `x·cos + roll(x, D/2)·sin` with the sign of `rotate_half` folded
 /// into `sin` (see `rope::apply_rope`).
 pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
@@ -173,11 +213,29 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Where one layer's K or V lives: base pointer and element strides of `[batch, kv_heads,
-/// slots, head_dim]` (the last dimension contiguous).
+/// Element type of a KV cache the fused kernels read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KvElem {
+    F32,
+    /// bfloat16 bits (`u16`).
+    Bf16,
+}
+
+impl KvElem {
+    fn size(self) -> usize {
+        match self {
+            KvElem::F32 => 4,
+            KvElem::Bf16 => 2,
+        }
+    }
+}
+
+/// Where one layer's K or V lives: base pointer, element type and element strides of `[batch,
+/// kv_heads, slots, head_dim]` (the last dimension contiguous).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KvLayout {
-    pub(crate) base: *mut f32,
+    pub(crate) base: *mut u8,
+    pub(crate) elem: KvElem,
     pub(crate) row: isize,
     pub(crate) head: isize,
     pub(crate) slot: isize,
@@ -192,16 +250,60 @@ impl KvLayout {
     ///
     /// # Safety
     /// The indices must be in bounds of the tensor this layout was taken from.
-    pub(crate) unsafe fn at(&self, row: usize, head: usize, slot: usize) -> *mut f32 {
-        self.base
-            .offset(row as isize * self.row + head as isize * self.head + slot as isize * self.slot)
+    pub(crate) unsafe fn at(&self, row: usize, head: usize, slot: usize) -> *mut u8 {
+        let e = row as isize * self.row + head as isize * self.head + slot as isize * self.slot;
+        self.base.offset(e * self.elem.size() as isize)
+    }
+
+    /// Store `src` (`head_dim` values) at `[row, head, slot, :]` (bf16: rounded to nearest even).
+    ///
+    /// # Safety
+    /// As [`KvLayout::at`], and no other thread accesses that slot.
+    pub(crate) unsafe fn write(&self, row: usize, head: usize, slot: usize, src: &[f32]) {
+        let p = self.at(row, head, slot);
+        match self.elem {
+            KvElem::F32 => std::ptr::copy_nonoverlapping(src.as_ptr(), p as *mut f32, src.len()),
+            KvElem::Bf16 => {
+                let p = p as *mut u16;
+                for (i, &x) in src.iter().enumerate() {
+                    *p.add(i) = bf16_bits(x);
+                }
+            }
+        }
+    }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as its 16 bits.
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Round every value to the nearest bfloat16 (kept as f32).
+pub(crate) fn round_bf16(x: &mut [f32]) {
+    for v in x {
+        *v = f32::from_bits((bf16_bits(*v) as u32) << 16);
+    }
+}
+
+/// Element `i` of a K/V row as f32.
+#[inline]
+unsafe fn kv_get<const BF16: bool>(p: *const u8, i: usize) -> f32 {
+    if BF16 {
+        f32::from_bits((*(p as *const u16).add(i) as u32) << 16)
+    } else {
+        *(p as *const f32).add(i)
     }
 }
 
 /// One query token's attention for the `g` query heads `q` (`g × d`, heads of one KV head)
-/// over `len` cached slots (`k`, `v` point at slot 0; `slot` = element stride between slots):
-/// `softmax(q·kᵀ · scale + mask) · v` into `out` (`g × d`), the softmax in f32. `mask`: one
-/// additive value per slot (`-inf` hides it). `scores` is scratch space.
+/// over `len` cached slots (`k`, `v` point at slot 0 of a row's KV head, elements `elem`;
+/// `slot` = element stride between slots): `softmax(q·kᵀ · scale + mask) · v` into `out`
+/// (`g × d`), all in f32. `mask`: one additive value per slot (`-inf` hides it; a query that
+/// sees nothing gets zeros). `scores` is scratch space.
 ///
 /// # Safety
 /// `k` and `v` must be valid for `len` slots of `d` contiguous elements at stride `slot`.
@@ -210,8 +312,31 @@ pub(crate) unsafe fn attend_one(
     q: &[f32],
     g: usize,
     d: usize,
-    k: *const f32,
-    v: *const f32,
+    k: *const u8,
+    v: *const u8,
+    elem: KvElem,
+    slot: isize,
+    len: usize,
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let bytes = slot * elem.size() as isize;
+    match elem {
+        KvElem::F32 => attend_one_t::<false>(q, g, d, k, v, bytes, len, mask, scale, scores, out),
+        KvElem::Bf16 => attend_one_t::<true>(q, g, d, k, v, bytes, len, mask, scale, scores, out),
+    }
+}
+
+/// [`attend_one`] for one element type; `slot` in bytes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_one_t<const BF16: bool>(
+    q: &[f32],
+    g: usize,
+    d: usize,
+    k: *const u8,
+    v: *const u8,
     slot: isize,
     len: usize,
     mask: Option<&[f32]>,
@@ -222,15 +347,26 @@ pub(crate) unsafe fn attend_one(
     scores.clear();
     scores.resize(g * len, 0.0);
     #[cfg(target_arch = "x86_64")]
-    {
-        if d % 8 == 0 && d <= 256 && available() {
-            avx2::scores(q, g, d, k, slot, len, scale, scores);
-        } else {
-            scores_scalar(q, g, d, k, slot, len, scale, scores);
+    let vector = d % 8 == 0 && d <= 256 && available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    if vector {
+        #[cfg(target_arch = "x86_64")]
+        avx2::scores::<BF16>(q, g, d, k, slot, len, scale, scores);
+    } else {
+        for j in 0..len {
+            let kr = k.offset(j as isize * slot);
+            for gi in 0..g {
+                let qr = &q[gi * d..(gi + 1) * d];
+                let s: f32 = qr
+                    .iter()
+                    .enumerate()
+                    .map(|(c, a)| a * kv_get::<BF16>(kr, c))
+                    .sum();
+                scores[gi * len + j] = s * scale;
+            }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    scores_scalar(q, g, d, k, slot, len, scale, scores);
     if let Some(m) = mask {
         for row in scores.chunks_exact_mut(len.max(1)) {
             for (s, &a) in row.iter_mut().zip(m) {
@@ -243,49 +379,25 @@ pub(crate) unsafe fn attend_one(
         let row = &mut scores[gi * len..(gi + 1) * len];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if max == f32::NEG_INFINITY {
-            continue; // every slot hidden: zeros
+            row.fill(0.0); // every slot hidden: zeros
+            continue;
         }
         let sum = exp_shift_sum(row, max);
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|p| *p *= inv);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if d % 8 == 0 && d <= 256 && available() {
-            return avx2::weighted_values(scores, g, d, v, slot, len, out);
-        }
+    if vector {
+        #[cfg(target_arch = "x86_64")]
+        avx2::weighted_values::<BF16>(scores, g, d, v, slot, len, out);
+        return;
     }
     for gi in 0..g {
         let o = &mut out[gi * d..(gi + 1) * d];
         for (j, &p) in scores[gi * len..(gi + 1) * len].iter().enumerate() {
-            let vr = std::slice::from_raw_parts(v.offset(j as isize * slot), d);
-            for (a, &b) in o.iter_mut().zip(vr) {
-                *a += p * b;
+            let vr = v.offset(j as isize * slot);
+            for (c, a) in o.iter_mut().enumerate() {
+                *a += p * kv_get::<BF16>(vr, c);
             }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn scores_scalar(
-    q: &[f32],
-    g: usize,
-    d: usize,
-    k: *const f32,
-    slot: isize,
-    len: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    for j in 0..len {
-        let kr = std::slice::from_raw_parts(k.offset(j as isize * slot), d);
-        for gi in 0..g {
-            let s: f32 = q[gi * d..(gi + 1) * d]
-                .iter()
-                .zip(kr)
-                .map(|(a, b)| a * b)
-                .sum();
-            scores[gi * len + j] = s * scale;
         }
     }
 }
@@ -480,16 +592,29 @@ mod avx2 {
         )
     }
 
+    /// 8 K/V elements from `p + i` (f32 or bf16 bits) as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load8<const BF16: bool>(p: *const u8, i: usize) -> __m256 {
+        if BF16 {
+            let h = _mm_loadu_si128((p as *const u16).add(i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        } else {
+            _mm256_loadu_ps((p as *const f32).add(i))
+        }
+    }
+
     /// Scaled dot products of the `g` queries with `len` keys (see `super::attend_one`),
-    /// 8 keys at a time; `d % 8 == 0`, `d <= 256`.
+    /// 8 keys at a time; `d % 8 == 0`, `d <= 256`; `slot` in bytes.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(
+    pub(super) unsafe fn scores<const BF16: bool>(
         q: &[f32],
         g: usize,
         d: usize,
-        k: *const f32,
+        k: *const u8,
         slot: isize,
+
         len: usize,
         scale: f32,
         scores: &mut [f32],
@@ -499,14 +624,14 @@ mod avx2 {
         let full = len & !7;
         let mut j = 0;
         while j < full {
-            let kr: [*const f32; 8] = std::array::from_fn(|t| k.offset((j + t) as isize * slot));
+            let kr: [*const u8; 8] = std::array::from_fn(|t| k.offset((j + t) as isize * slot));
             for gi in 0..g {
                 let qp = q.as_ptr().add(gi * d);
                 let mut a = [_mm256_setzero_ps(); 8];
                 for c in 0..dv {
                     let qv = _mm256_loadu_ps(qp.add(c * 8));
                     for t in 0..8 {
-                        a[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr[t].add(c * 8)), a[t]);
+                        a[t] = _mm256_fmadd_ps(qv, load8::<BF16>(kr[t], c * 8), a[t]);
                     }
                 }
                 let s = _mm256_mul_ps(hsum8(&a), sc);
@@ -522,7 +647,7 @@ mod avx2 {
                 for c in 0..dv {
                     a = _mm256_fmadd_ps(
                         _mm256_loadu_ps(qp.add(c * 8)),
-                        _mm256_loadu_ps(kp.add(c * 8)),
+                        load8::<BF16>(kp, c * 8),
                         a,
                     );
                 }
@@ -532,23 +657,24 @@ mod avx2 {
         }
     }
 
-    /// `out[gi] = Σ_j p[gi, j] · v_j` for probabilities `p` (`g × len`); `d % 8 == 0`, `d <= 256`.
+    /// `out[gi] = Σ_j p[gi, j] · v_j` for probabilities `p` (`g × len`); `d % 8 == 0`,
+    /// `d <= 256`; `slot` in bytes.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_values(
+    pub(super) unsafe fn weighted_values<const BF16: bool>(
         p: &[f32],
         g: usize,
         d: usize,
-        v: *const f32,
+        v: *const u8,
         slot: isize,
         len: usize,
         out: &mut [f32],
     ) {
         match d / 8 {
-            2 => weighted_values_n::<2>(p, g, v, slot, len, out),
-            4 => weighted_values_n::<4>(p, g, v, slot, len, out),
-            8 => weighted_values_n::<8>(p, g, v, slot, len, out),
-            12 => weighted_values_n::<12>(p, g, v, slot, len, out),
-            16 => weighted_values_n::<16>(p, g, v, slot, len, out),
+            2 => weighted_values_n::<2, BF16>(p, g, v, slot, len, out),
+            4 => weighted_values_n::<4, BF16>(p, g, v, slot, len, out),
+            8 => weighted_values_n::<8, BF16>(p, g, v, slot, len, out),
+            12 => weighted_values_n::<12, BF16>(p, g, v, slot, len, out),
+            16 => weighted_values_n::<16, BF16>(p, g, v, slot, len, out),
             _ => {
                 for gi in 0..g {
                     let o = &mut out[gi * d..(gi + 1) * d];
@@ -557,11 +683,8 @@ mod avx2 {
                         let vp = v.offset(j as isize * slot);
                         for c in 0..d / 8 {
                             let op = o.as_mut_ptr().add(c * 8);
-                            let r = _mm256_fmadd_ps(
-                                pj,
-                                _mm256_loadu_ps(vp.add(c * 8)),
-                                _mm256_loadu_ps(op),
-                            );
+                            let r =
+                                _mm256_fmadd_ps(pj, load8::<BF16>(vp, c * 8), _mm256_loadu_ps(op));
                             _mm256_storeu_ps(op, r);
                         }
                     }
@@ -574,10 +697,10 @@ mod avx2 {
     /// (even and odd slots) to hide the FMA latency.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_values_n<const N: usize>(
+    unsafe fn weighted_values_n<const N: usize, const BF16: bool>(
         p: &[f32],
         g: usize,
-        v: *const f32,
+        v: *const u8,
         slot: isize,
         len: usize,
         out: &mut [f32],
@@ -593,8 +716,8 @@ mod avx2 {
                 let v0 = v.offset(j as isize * slot);
                 let v1 = v.offset((j + 1) as isize * slot);
                 for c in 0..N {
-                    a0[c] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0.add(c * 8)), a0[c]);
-                    a1[c] = _mm256_fmadd_ps(p1, _mm256_loadu_ps(v1.add(c * 8)), a1[c]);
+                    a0[c] = _mm256_fmadd_ps(p0, load8::<BF16>(v0, c * 8), a0[c]);
+                    a1[c] = _mm256_fmadd_ps(p1, load8::<BF16>(v1, c * 8), a1[c]);
                 }
                 j += 2;
             }
@@ -602,7 +725,7 @@ mod avx2 {
                 let p0 = _mm256_set1_ps(*pr.add(j));
                 let v0 = v.offset(j as isize * slot);
                 for c in 0..N {
-                    a0[c] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0.add(c * 8)), a0[c]);
+                    a0[c] = _mm256_fmadd_ps(p0, load8::<BF16>(v0, c * 8), a0[c]);
                 }
             }
             let op = out.as_mut_ptr().add(gi * N * 8);

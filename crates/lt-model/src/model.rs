@@ -4,7 +4,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::cache::KvCache;
-use crate::fused::KvLayout;
+use crate::fused::{KvElem, KvLayout};
 use crate::rope::{apply_rope, Rope};
 use crate::{ModelConfig, ModelError};
 
@@ -383,6 +383,8 @@ struct FusedStep<'a> {
     mask: Option<&'a [f32]>,
     keys: usize,
     logits: Logits,
+    /// Round like HF's bf16 forward.
+    bf16: bool,
 }
 
 /// A weight as a raw f32 slice (pointer + length) into a tensor the [`Model`] owns.
@@ -435,7 +437,8 @@ struct FusedLayer {
     down: (RawSlice, Option<RawSlice>),
 }
 
-/// The model's weights as raw slices for the fused decode step ([`Model::forward_fused`]).
+/// The model's weights as raw f32 slices for the fused step ([`Model::forward_fused`]): into
+/// the model's tensors (f32) or into f32 copies held here (bf16, widened exactly once).
 #[derive(Debug)]
 struct FusedWeights {
     embed: RawSlice,
@@ -443,31 +446,51 @@ struct FusedWeights {
     norm_eps: f32,
     head: RawSlice,
     layers: Vec<FusedLayer>,
+    /// The widened copies the slices of a bf16 model point into.
+    _owned: Vec<Vec<f32>>,
 }
 
-impl FusedWeights {
-    /// Multiply-adds per row of the dense part of a step (≈ parameters).
-    fn params(&self) -> usize {
-        let lin = |l: &(RawSlice, Option<RawSlice>)| l.0.len;
-        self.head.len
-            + self
-                .layers
-                .iter()
-                .map(|l| {
-                    lin(&l.q)
-                        + lin(&l.k)
-                        + lin(&l.v)
-                        + lin(&l.o)
-                        + lin(&l.gate)
-                        + lin(&l.up)
-                        + lin(&l.down)
-                })
-                .sum::<usize>()
+/// Makes [`RawSlice`]s of dense CPU weights, widening bf16 ones into owned f32 copies.
+#[derive(Default)]
+struct Widen {
+    owned: Vec<Vec<f32>>,
+}
+
+impl Widen {
+    fn slice(&mut self, t: &Tensor) -> Option<RawSlice> {
+        if t.device() != Device::Cpu {
+            return None;
+        }
+        match t.kind() {
+            Kind::Float if t.is_contiguous() => Some(RawSlice::of(t)),
+            Kind::BFloat16 => {
+                let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).ok()?;
+                let r = RawSlice {
+                    ptr: v.as_ptr(),
+                    len: v.len(),
+                };
+                self.owned.push(v); // moving the Vec does not move its heap buffer
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    fn linear(&mut self, l: &Linear) -> Option<(RawSlice, Option<RawSlice>)> {
+        let b = match &l.b {
+            Some(b) => Some(self.slice(b)?),
+            None => None,
+        };
+        Some((self.slice(&l.w)?, b))
     }
 }
 
 /// Rows `rows` of a [`FusedStep`]: every layer, the final norm and the asked logits / hidden
 /// states into `out` (row-major, these rows only). Writes those rows' new cache slots.
+///
+/// bf16 models round to bf16 wherever HF's bf16 forward produces a bf16 tensor (after every
+/// projection, norm, RoPE product, activation and residual add; K/V stored as bf16); attention
+/// itself runs in f32 like libtorch's CPU SDPA.
 fn fused_rows(
     cfg: &ModelConfig,
     w: &FusedWeights,
@@ -475,7 +498,7 @@ fn fused_rows(
     rows: std::ops::Range<usize>,
     out: &mut [f32],
 ) -> Result<(), ModelError> {
-    use crate::fused::{attend_one, linear, rms_norm, rope, silu_mul};
+    use crate::fused::{attend_one, linear, rms_norm, rms_norm_bf16, rope, rope_bf16, round_bf16};
     let t = st.t;
     let n = rows.len() * t; // query tokens
     let h = cfg.hidden_size;
@@ -483,6 +506,27 @@ fn fused_rows(
     let g = heads / kvh;
     let inter = cfg.intermediate_size;
     let scale = 1.0 / (d as f32).sqrt();
+    let bf16 = st.bf16;
+    let round = |x: &mut [f32]| {
+        if bf16 {
+            round_bf16(x)
+        }
+    };
+    let norm = |x: &[f32], wt: &[f32], eps: f32, out: &mut [f32]| {
+        if bf16 {
+            rms_norm_bf16(x, h, wt, eps, out)
+        } else {
+            rms_norm(x, h, wt, eps, out)
+        }
+    };
+    // y = x Wᵀ + b, rounded
+    let proj = |x: &[f32], m: usize, k: usize, l: &(RawSlice, Option<RawSlice>), y: &mut [f32]| {
+        let n_out = y.len() / m.max(1);
+        linear(x, m, k, l.0.get(), n_out, bias(l), y, false);
+        if bf16 {
+            round_bf16(y)
+        }
+    };
     let embed = w.embed.get();
     let mut x = vec![0f32; n * h];
     for (r, &id) in st.ids[rows.start * t..rows.end * t].iter().enumerate() {
@@ -490,6 +534,7 @@ fn fused_rows(
         x[r * h..(r + 1) * h].copy_from_slice(&embed[id * h..(id + 1) * h]);
     }
     let mut xn = vec![0f32; n * h];
+    let mut tmp = vec![0f32; if bf16 { n * h } else { 0 }];
     let mut q = vec![0f32; n * heads * d];
     let mut k = vec![0f32; n * kvh * d];
     let mut v = vec![0f32; n * kvh * d];
@@ -498,16 +543,25 @@ fn fused_rows(
     let mut up = vec![0f32; n * inter];
     let mut act = vec![0f32; n * inter];
     let mut scores = Vec::new();
+    // x += l(input), rounded like HF: the projection, then the sum
+    let mut residual =
+        |x: &mut [f32], input: &[f32], k: usize, l: &(RawSlice, Option<RawSlice>)| {
+            if bf16 {
+                proj(input, n, k, l, &mut tmp);
+                for (a, b) in x.iter_mut().zip(&tmp) {
+                    *a += b;
+                }
+                round_bf16(x);
+            } else {
+                linear(input, n, k, l.0.get(), h, bias(l), x, true);
+            }
+        };
     for (li, lw) in w.layers.iter().enumerate() {
         let (kl, vl) = st.kv[li];
-        rms_norm(&x, h, lw.ln1.get(), lw.eps1, &mut xn);
-        for (lin, dst, nh) in [
-            (&lw.q, &mut q, heads),
-            (&lw.k, &mut k, kvh),
-            (&lw.v, &mut v, kvh),
-        ] {
-            linear(&xn, n, h, lin.0.get(), nh * d, bias(lin), dst, false);
-        }
+        norm(&x, lw.ln1.get(), lw.eps1, &mut xn);
+        proj(&xn, n, h, &lw.q, &mut q);
+        proj(&xn, n, h, &lw.k, &mut k);
+        proj(&xn, n, h, &lw.v, &mut v);
         // token j of this thread = token i of sequence `row`
         for (j, (row, i)) in rows
             .clone()
@@ -516,21 +570,28 @@ fn fused_rows(
         {
             let at = (row * t + i) * d;
             let (c, s) = (&st.cos[at..at + d], &st.sin[at..at + d]);
+            let rope = |x: &mut [f32]| {
+                if bf16 {
+                    rope_bf16(x, c, s)
+                } else {
+                    rope(x, c, s)
+                }
+            };
             for head in q[j * heads * d..(j + 1) * heads * d].chunks_exact_mut(d) {
-                rope(head, c, s);
+                rope(head);
             }
             for (gk, head) in k[j * kvh * d..(j + 1) * kvh * d]
                 .chunks_exact_mut(d)
                 .enumerate()
             {
-                rope(head, c, s);
+                rope(head);
                 let vh = &v[(j * kvh + gk) * d..(j * kvh + gk + 1) * d];
                 // SAFETY: row < batch, gk < kv_heads, slot < lens + t <= capacity (checked
                 // when the layouts were taken); only this thread writes this row
                 unsafe {
                     let slot = st.lens[row] + i;
-                    std::ptr::copy_nonoverlapping(head.as_ptr(), kl.at(row, gk, slot), d);
-                    std::ptr::copy_nonoverlapping(vh.as_ptr(), vl.at(row, gk, slot), d);
+                    kl.write(row, gk, slot, head);
+                    vl.write(row, gk, slot, vh);
                 }
             }
         }
@@ -558,6 +619,7 @@ fn fused_rows(
                         d,
                         kl.at(row, gk, 0),
                         vl.at(row, gk, 0),
+                        kl.elem,
                         kl.slot,
                         len,
                         mask,
@@ -568,46 +630,19 @@ fn fused_rows(
                 }
             }
         }
-        // x += o(y): the residual is already in x
-        linear(&y, n, heads * d, lw.o.0.get(), h, bias(&lw.o), &mut x, true);
-        rms_norm(&x, h, lw.ln2.get(), lw.eps2, &mut xn);
-        linear(
-            &xn,
-            n,
-            h,
-            lw.gate.0.get(),
-            inter,
-            bias(&lw.gate),
-            &mut gate,
-            false,
-        );
-        linear(
-            &xn,
-            n,
-            h,
-            lw.up.0.get(),
-            inter,
-            bias(&lw.up),
-            &mut up,
-            false,
-        );
-        silu_mul(&gate, &up, &mut act);
-        linear(
-            &act,
-            n,
-            inter,
-            lw.down.0.get(),
-            h,
-            bias(&lw.down),
-            &mut x,
-            true,
-        );
+        round(&mut y);
+        residual(&mut x, &y, heads * d, &lw.o);
+        norm(&x, lw.ln2.get(), lw.eps2, &mut xn);
+        proj(&xn, n, h, &lw.gate, &mut gate);
+        proj(&xn, n, h, &lw.up, &mut up);
+        crate::fused::silu_mul_rounded(&gate, &up, &mut act, bf16);
+        residual(&mut x, &act, inter, &lw.down);
     }
     let vocab = cfg.vocab_size;
     match st.logits {
-        Logits::None => rms_norm(&x, h, w.norm.get(), w.norm_eps, out),
+        Logits::None => norm(&x, w.norm.get(), w.norm_eps, out),
         Logits::All => {
-            rms_norm(&x, h, w.norm.get(), w.norm_eps, &mut xn);
+            norm(&x, w.norm.get(), w.norm_eps, &mut xn);
             linear(&xn, n, h, w.head.get(), vocab, None, out, false);
         }
         Logits::Last => {
@@ -617,7 +652,7 @@ fn fused_rows(
                 .flat_map(|r| r[(t - 1) * h..].iter().copied())
                 .collect();
             let b = rows.len();
-            rms_norm(&last, h, w.norm.get(), w.norm_eps, &mut xn[..b * h]);
+            norm(&last, w.norm.get(), w.norm_eps, &mut xn[..b * h]);
             linear(&xn[..b * h], b, h, w.head.get(), vocab, None, out, false);
         }
     }
@@ -1202,10 +1237,7 @@ impl Model {
         };
         if infer {
             if let Some(c) = cache.as_deref_mut() {
-                if let Some(w) = self
-                    .fused_weights(c)
-                    .filter(|w| fused_pays(b as usize * t as usize, w.params()))
-                {
+                if let Some(w) = self.fused_weights(c, b as usize * t as usize) {
                     return self.forward_fused(
                         w,
                         &ids_host,
@@ -1257,51 +1289,43 @@ impl Model {
     /// The fused-kernel view of the weights when a one-token step can take the fused CPU
     /// kernels ([`crate::fused`]): f32 weights and cache on the CPU, AVX2 + FMA, every weight
     /// dense.
-    fn fused_weights(&self, cache: &KvCache) -> Option<&FusedWeights> {
+    fn fused_weights(&self, cache: &KvCache, tokens: usize) -> Option<&FusedWeights> {
         if !self.fused_decode
-            || self.kind != Kind::Float
+            || !matches!(self.kind, Kind::Float | Kind::BFloat16)
             || self.device() != Device::Cpu
-            || cache.kind() != Kind::Float
+            || cache.kind() != self.kind
             || cache.device() != Device::Cpu
             || !crate::fused::available()
+            || !fused_pays(tokens, self.cfg.dense_params())
         {
             return None;
         }
         self.fused
             .get_or_init(|| {
-                let dense = |t: &Tensor| {
-                    (t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous())
-                        .then(|| RawSlice::of(t))
-                };
-                let lin = |l: &Linear| -> Option<(RawSlice, Option<RawSlice>)> {
-                    let b = match &l.b {
-                        Some(b) => Some(dense(b)?),
-                        None => None,
-                    };
-                    Some((dense(&l.w)?, b))
-                };
+                let mut wd = Widen::default();
                 let mut layers = Vec::with_capacity(self.layers.len());
                 for l in &self.layers {
                     layers.push(FusedLayer {
-                        ln1: dense(&l.ln1.w)?,
+                        ln1: wd.slice(&l.ln1.w)?,
                         eps1: l.ln1.eps as f32,
-                        ln2: dense(&l.ln2.w)?,
+                        ln2: wd.slice(&l.ln2.w)?,
                         eps2: l.ln2.eps as f32,
-                        q: lin(&l.attn.q)?,
-                        k: lin(&l.attn.k)?,
-                        v: lin(&l.attn.v)?,
-                        o: lin(&l.attn.o)?,
-                        gate: lin(&l.mlp.gate)?,
-                        up: lin(&l.mlp.up)?,
-                        down: lin(&l.mlp.down)?,
+                        q: wd.linear(&l.attn.q)?,
+                        k: wd.linear(&l.attn.k)?,
+                        v: wd.linear(&l.attn.v)?,
+                        o: wd.linear(&l.attn.o)?,
+                        gate: wd.linear(&l.mlp.gate)?,
+                        up: wd.linear(&l.mlp.up)?,
+                        down: wd.linear(&l.mlp.down)?,
                     });
                 }
                 Some(FusedWeights {
-                    embed: dense(&self.embed)?,
-                    norm: dense(&self.norm.w)?,
+                    embed: wd.slice(&self.embed)?,
+                    norm: wd.slice(&self.norm.w)?,
                     norm_eps: self.norm.eps as f32,
-                    head: dense(self.lm_head())?,
+                    head: wd.slice(self.lm_head())?,
                     layers,
+                    _owned: wd.owned,
                 })
             })
             .as_ref()
@@ -1341,7 +1365,12 @@ impl Model {
                 )));
             }
             Ok(KvLayout {
-                base: x.data_ptr() as *mut f32,
+                base: x.data_ptr() as *mut u8,
+                elem: if x.kind() == Kind::BFloat16 {
+                    KvElem::Bf16
+                } else {
+                    KvElem::F32
+                },
                 row: st[0] as isize,
                 head: st[1] as isize,
                 slot: st[2] as isize,
@@ -1369,7 +1398,13 @@ impl Model {
                 Some(Vec::<f32>::try_from(m.reshape([-1]))?)
             }
         };
-        let (cos, sin) = self.rope.cos_sin_host_vecs(pos_rows);
+        let bf16 = self.kind == Kind::BFloat16;
+        let (mut cos, mut sin) = self.rope.cos_sin_host_vecs(pos_rows);
+        if bf16 {
+            // HF casts the f32 cos / sin to the activation dtype
+            crate::fused::round_bf16(&mut cos);
+            crate::fused::round_bf16(&mut sin);
+        }
         let (width, per_row) = match logits {
             Logits::None => (self.cfg.hidden_size, t),
             Logits::All => (self.cfg.vocab_size, t),
@@ -1393,9 +1428,10 @@ impl Model {
             mask: mask_rows.as_deref(),
             keys,
             logits,
+            bf16,
         };
         // multiply-adds of the step: weights once per token, attention over each context
-        let per_token = w.params()
+        let per_token = self.cfg.dense_params()
             + self.cfg.num_hidden_layers
                 * 2
                 * self.cfg.num_attention_heads
@@ -1417,6 +1453,12 @@ impl Model {
         let rows: Vec<Vec<i64>> = pos_rows.chunks(t).map(|r| r.to_vec()).collect();
         cache.commit(&rows);
         let (b, t) = (b as i64, t as i64);
+        // bf16: every value is already a bf16 number, the cast is exact
+        let out = if bf16 {
+            out.to_kind(Kind::BFloat16)
+        } else {
+            out
+        };
         Ok(match logits {
             Logits::Last => out,
             _ => out.view([b, t, width as i64]),

@@ -199,3 +199,80 @@ fn fused_greedy_matches_and_rows_are_independent() {
         );
     }
 }
+
+/// bf16 models: the fused step (f32 arithmetic, rounded to bf16 where HF's bf16 forward rounds)
+/// stays as close to the exact answer as libtorch's bf16 path. Reference: the f32 model with the
+/// same (bf16-exact) weights.
+#[test]
+fn fused_bf16_is_as_accurate_as_libtorch_bf16() {
+    let _g = tch::no_grad_guard();
+    for (name, cfg, _) in configs() {
+        let fused = Model::random(&cfg, Device::Cpu, Kind::BFloat16, 3).unwrap();
+        let mut plain = Model::random(&cfg, Device::Cpu, Kind::BFloat16, 3).unwrap();
+        plain.set_fused_decode(false);
+        let exact = Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+        for (_, p) in exact.named_parameters() {
+            let mut p = p;
+            let r = p.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+            p.copy_(&r);
+        }
+        let b = 2usize;
+        let vocab = cfg.vocab_size as i64;
+        let mut caches: Vec<KvCache> = [&fused, &plain, &exact]
+            .iter()
+            .map(|m| m.new_cache(b, 8))
+            .collect();
+        // prompt (9 tokens), 5 decode steps, a 10-token block with a look-ahead mask, 2 more steps
+        let plan: [(i64, bool, Logits); 8] = [
+            (9, false, Logits::All),
+            (1, false, Logits::Last),
+            (1, false, Logits::Last),
+            (1, false, Logits::Last),
+            (1, false, Logits::Last),
+            (10, true, Logits::All),
+            (1, false, Logits::Last),
+            (1, false, Logits::Last),
+        ];
+        for (step, &(t, masked, logits)) in plan.iter().enumerate() {
+            let keys = caches[0].max_len() as i64 + t;
+            let tok = ids(b * t as usize, 0, vocab, 300 + step as u64);
+            let start = caches[0].max_len() as i64;
+            let pos: Vec<i64> = (0..b as i64)
+                .flat_map(|_| (0..t).map(move |i| start + i))
+                .collect();
+            let ten = |v: &[i64]| Tensor::from_slice(v).view([b as i64, t]);
+            let m = Tensor::from_slice(
+                &(0..t * keys)
+                    .map(|i| i % keys >= 2 && (i % keys) != 4)
+                    .collect::<Vec<_>>(),
+            )
+            .view([1, 1, t, keys]);
+            let mask = if masked {
+                AttnMask::Bool(&m)
+            } else {
+                AttnMask::Causal
+            };
+            let outs: Vec<Tensor> = [&fused, &plain, &exact]
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(model, c)| {
+                    let y = model
+                        .forward(&ten(&tok), &ten(&pos), mask, Some(c), logits)
+                        .unwrap();
+                    assert_eq!(y.kind(), model.kind(), "outputs in the model's dtype");
+                    y.to_kind(Kind::Float)
+                })
+                .collect();
+            let scale = max_abs(&outs[2]).max(1.0);
+            let (ef, ep) = (max_diff(&outs[0], &outs[2]), max_diff(&outs[1], &outs[2]));
+            assert!(
+                ef <= 2.0 * ep + 0.01 * scale,
+                "{name} step {step}: fused bf16 error {ef} vs libtorch bf16 error {ep} (scale {scale})"
+            );
+            assert!(
+                ef <= 0.1 * scale,
+                "{name} step {step}: fused bf16 error {ef}, scale {scale}"
+            );
+        }
+    }
+}
