@@ -31,79 +31,6 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Multiply-adds above which a projection is split over two threads.
-const PAR_MIN_MACS: usize = 1 << 20;
-
-#[allow(clippy::too_many_arguments)]
-/// `y[i, j] (+)= x[i, :] · w[j, :] + bias[j]` for `x` `[m, k]`, `w` `[n, k]` (HF layout), `y`
-/// `[m, n]`; `accumulate` adds to `y` (a residual already stored there).
-pub(crate) fn linear(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    accumulate: bool,
-) {
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
-    if let Some(b) = bias {
-        assert!(b.len() >= n);
-    }
-    if m * n * k >= PAR_MIN_MACS && n >= 16 {
-        // two column halves on two threads; each writes only its own columns of y
-        let half = (n / 2 + 7) & !7;
-        let yp = SendPtr(y.as_mut_ptr());
-        let run = |j0: usize, j1: usize| {
-            let yp = &yp;
-            // SAFETY: the two calls write disjoint column ranges of y
-            unsafe { linear_cols(x, m, k, w, bias, yp.0, n, j0, j1, accumulate) }
-        };
-        rayon::join(|| run(0, half), || run(half, n));
-    } else {
-        // SAFETY: bounds asserted above
-        unsafe { linear_cols(x, m, k, w, bias, y.as_mut_ptr(), n, 0, n, accumulate) }
-    }
-}
-
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn linear_cols(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: *mut f32,
-    n: usize,
-    j0: usize,
-    j1: usize,
-    accumulate: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if available() {
-            return avx2::linear_cols(x, m, k, w, bias, y, n, j0, j1, accumulate);
-        }
-    }
-    for i in 0..m {
-        for j in j0..j1 {
-            let xr = &x[i * k..(i + 1) * k];
-            let wr = &w[j * k..(j + 1) * k];
-            let mut s = xr.iter().zip(wr).map(|(a, b)| a * b).sum::<f32>();
-            if let Some(b) = bias {
-                s += b[j];
-            }
-            let out = y.add(i * n + j);
-            *out = if accumulate { *out + s } else { s };
-        }
-    }
-}
-
 /// HF RMSNorm in f32 for each of the `rows` rows of `x` (`h` wide): `w * x / sqrt(mean(x²) + eps)`.
 pub(crate) fn rms_norm(x: &[f32], h: usize, w: &[f32], eps: f32, out: &mut [f32]) {
     for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
@@ -344,8 +271,10 @@ unsafe fn attend_one_t<const BF16: bool>(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    scores.clear();
-    scores.resize(g * len, 0.0);
+    if scores.len() < g * len {
+        scores.resize(g * len, 0.0);
+    }
+    let scores = &mut scores[..g * len]; // every entry is written below
     #[cfg(target_arch = "x86_64")]
     let vector = d % 8 == 0 && d <= 256 && available();
     #[cfg(not(target_arch = "x86_64"))]
@@ -374,32 +303,64 @@ unsafe fn attend_one_t<const BF16: bool>(
             }
         }
     }
-    out[..g * d].fill(0.0);
+    // unnormalised exp(s - max) here, the 1/sum applied to the output
+    let mut inv = [0f32; 64];
+    let mut inv_big = Vec::new();
+    let inv: &mut [f32] = if g <= 64 {
+        &mut inv[..g]
+    } else {
+        inv_big.resize(g, 0.0);
+        &mut inv_big
+    };
     for gi in 0..g {
         let row = &mut scores[gi * len..(gi + 1) * len];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_of(row);
         if max == f32::NEG_INFINITY {
             row.fill(0.0); // every slot hidden: zeros
+            inv[gi] = 0.0;
             continue;
         }
-        let sum = exp_shift_sum(row, max);
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|p| *p *= inv);
+        inv[gi] = 1.0 / exp_shift_sum(row, max);
     }
+    out[..g * d].fill(0.0);
     if vector {
         #[cfg(target_arch = "x86_64")]
         avx2::weighted_values::<BF16>(scores, g, d, v, slot, len, out);
-        return;
-    }
-    for gi in 0..g {
-        let o = &mut out[gi * d..(gi + 1) * d];
-        for (j, &p) in scores[gi * len..(gi + 1) * len].iter().enumerate() {
-            let vr = v.offset(j as isize * slot);
-            for (c, a) in o.iter_mut().enumerate() {
-                *a += p * kv_get::<BF16>(vr, c);
+    } else {
+        for gi in 0..g {
+            let o = &mut out[gi * d..(gi + 1) * d];
+            for (j, &p) in scores[gi * len..(gi + 1) * len].iter().enumerate() {
+                let vr = v.offset(j as isize * slot);
+                for (c, a) in o.iter_mut().enumerate() {
+                    *a += p * kv_get::<BF16>(vr, c);
+                }
             }
         }
     }
+    for (o, &r) in out[..g * d].chunks_exact_mut(d).zip(inv.iter()) {
+        o.iter_mut().for_each(|v| *v *= r);
+    }
+}
+
+/// Largest value (`-inf` for an empty or all-`-inf` slice), 8 lanes at a time.
+fn max_of(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            if c[i] > m[i] {
+                m[i] = c[i];
+            }
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    for &v in m.iter().chain(rest) {
+        if v > best {
+            best = v;
+        }
+    }
+    best
 }
 
 /// `x[i] = exp(x[i] - shift)`; returns the sum.
@@ -424,16 +385,6 @@ fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Sum of the 8 lanes of each of 4 vectors: `[Σa, Σb, Σc, Σd]`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
-        let ab = _mm256_hadd_ps(a, b);
-        let cd = _mm256_hadd_ps(c, d);
-        let abcd = _mm256_hadd_ps(ab, cd);
-        _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(a: __m256) -> f32 {
@@ -441,110 +392,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    /// Columns `j0..j1` of `y = x wᵀ + bias` (see `super::linear`): tiles of 4 weight rows × 2
-    /// input rows (8 accumulators), scalar tails for `k % 8`.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn linear_cols(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[f32],
-        bias: Option<&[f32]>,
-        y: *mut f32,
-        n: usize,
-        j0: usize,
-        j1: usize,
-        accumulate: bool,
-    ) {
-        let kv = k & !7;
-        let xp = x.as_ptr();
-        let wp = w.as_ptr();
-        let store = |i: usize, j: usize, v: f32| {
-            let v = v + bias.map_or(0.0, |b| *b.get_unchecked(j));
-            let o = y.add(i * n + j);
-            *o = if accumulate { *o + v } else { v };
-        };
-        let tail = |i: usize, j: usize| -> f32 {
-            let mut s = 0f32;
-            for t in kv..k {
-                s += *xp.add(i * k + t) * *wp.add(j * k + t);
-            }
-            s
-        };
-        let mut j = j0;
-        while j + 4 <= j1 {
-            let w0 = wp.add(j * k);
-            let (w1, w2, w3) = (w0.add(k), w0.add(2 * k), w0.add(3 * k));
-            let mut i = 0;
-            while i + 2 <= m {
-                let x0 = xp.add(i * k);
-                let x1 = x0.add(k);
-                let mut a = [_mm256_setzero_ps(); 8];
-                let mut t = 0;
-                while t < kv {
-                    let xa = _mm256_loadu_ps(x0.add(t));
-                    let xb = _mm256_loadu_ps(x1.add(t));
-                    let wa = _mm256_loadu_ps(w0.add(t));
-                    let wb = _mm256_loadu_ps(w1.add(t));
-                    let wc = _mm256_loadu_ps(w2.add(t));
-                    let wd = _mm256_loadu_ps(w3.add(t));
-                    a[0] = _mm256_fmadd_ps(xa, wa, a[0]);
-                    a[1] = _mm256_fmadd_ps(xa, wb, a[1]);
-                    a[2] = _mm256_fmadd_ps(xa, wc, a[2]);
-                    a[3] = _mm256_fmadd_ps(xa, wd, a[3]);
-                    a[4] = _mm256_fmadd_ps(xb, wa, a[4]);
-                    a[5] = _mm256_fmadd_ps(xb, wb, a[5]);
-                    a[6] = _mm256_fmadd_ps(xb, wc, a[6]);
-                    a[7] = _mm256_fmadd_ps(xb, wd, a[7]);
-                    t += 8;
-                }
-                let mut s0 = [0f32; 4];
-                let mut s1 = [0f32; 4];
-                _mm_storeu_ps(s0.as_mut_ptr(), hsum4(a[0], a[1], a[2], a[3]));
-                _mm_storeu_ps(s1.as_mut_ptr(), hsum4(a[4], a[5], a[6], a[7]));
-                for c in 0..4 {
-                    store(i, j + c, s0[c] + tail(i, j + c));
-                    store(i + 1, j + c, s1[c] + tail(i + 1, j + c));
-                }
-                i += 2;
-            }
-            if i < m {
-                let x0 = xp.add(i * k);
-                let mut a = [_mm256_setzero_ps(); 4];
-                let mut t = 0;
-                while t < kv {
-                    let xa = _mm256_loadu_ps(x0.add(t));
-                    a[0] = _mm256_fmadd_ps(xa, _mm256_loadu_ps(w0.add(t)), a[0]);
-                    a[1] = _mm256_fmadd_ps(xa, _mm256_loadu_ps(w1.add(t)), a[1]);
-                    a[2] = _mm256_fmadd_ps(xa, _mm256_loadu_ps(w2.add(t)), a[2]);
-                    a[3] = _mm256_fmadd_ps(xa, _mm256_loadu_ps(w3.add(t)), a[3]);
-                    t += 8;
-                }
-                let mut s0 = [0f32; 4];
-                _mm_storeu_ps(s0.as_mut_ptr(), hsum4(a[0], a[1], a[2], a[3]));
-                for c in 0..4 {
-                    store(i, j + c, s0[c] + tail(i, j + c));
-                }
-            }
-            j += 4;
-        }
-        while j < j1 {
-            let w0 = wp.add(j * k);
-            for i in 0..m {
-                let x0 = xp.add(i * k);
-                let mut a = _mm256_setzero_ps();
-                let mut t = 0;
-                while t < kv {
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(x0.add(t)), _mm256_loadu_ps(w0.add(t)), a);
-                    t += 8;
-                }
-                store(i, j, hsum(a) + tail(i, j));
-            }
-            j += 1;
-        }
     }
 
     /// `exp(x)` for 8 lanes (Cephes' single-precision polynomial, ~1 ulp on [-87, 88]).
@@ -783,54 +630,122 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
-
-    /// The tiled kernel equals a plain f64 dot product for every tail shape (m, n, k not
-    /// multiples of the tile), with and without bias and accumulation, serial and split.
+    /// One-query attention against an f64 softmax reference: f32 and bf16 caches, head dims on
+    /// and off the vector width, GQA groups, a slot stride wider than the head, a mask with
+    /// hidden slots, and a query that sees nothing (zeros).
     #[test]
-    fn linear_matches_reference() {
-        let mut seed = 7;
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (1, 5, 7),
-            (2, 4, 8),
-            (3, 9, 13),
-            (8, 37, 130),
-            (5, 300, 344),
-            (16, 1030, 128),
+    fn attend_one_matches_softmax() {
+        let mut seed = 11u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(g, d, len, bf16) in &[
+            (1, 8, 1, false),
+            (2, 16, 37, false),
+            (3, 12, 20, false),
+            (7, 64, 130, false),
+            (2, 32, 19, true),
+            (1, 12, 9, true),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            let r: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
-            for (bias, acc) in [(false, false), (true, false), (true, true)] {
-                let mut y = r.clone();
-                linear(&x, m, k, &w, n, bias.then_some(&b[..]), &mut y, acc);
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut s: f64 = (0..k)
-                            .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
-                            .sum();
-                        if bias {
-                            s += b[j] as f64;
-                        }
-                        if acc {
-                            s += r[i * n + j] as f64;
-                        }
-                        let d = (y[i * n + j] as f64 - s).abs();
+            let slot = d + 4; // padding between slots
+            let q: Vec<f32> = (0..g * d).map(|_| rnd() * 3.0).collect();
+            let k: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
+            let v: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
+            let (kb, vb): (Vec<u16>, Vec<u16>) = (
+                k.iter().map(|&x| bf16_bits(x)).collect(),
+                v.iter().map(|&x| bf16_bits(x)).collect(),
+            );
+            let val = |buf: &[f32], bits: &[u16], i: usize| -> f64 {
+                if bf16 {
+                    f32::from_bits((bits[i] as u32) << 16) as f64
+                } else {
+                    buf[i] as f64
+                }
+            };
+            let mask: Vec<f32> = (0..len)
+                .map(|j| if j % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            for masked in [false, true] {
+                let mut out = vec![0f32; g * d];
+                let (kp, vp, elem) = if bf16 {
+                    (
+                        kb.as_ptr() as *const u8,
+                        vb.as_ptr() as *const u8,
+                        KvElem::Bf16,
+                    )
+                } else {
+                    (
+                        k.as_ptr() as *const u8,
+                        v.as_ptr() as *const u8,
+                        KvElem::F32,
+                    )
+                };
+                let scale = 0.3;
+                let m = masked.then_some(&mask[..]);
+                unsafe {
+                    attend_one(
+                        &q,
+                        g,
+                        d,
+                        kp,
+                        vp,
+                        elem,
+                        slot as isize,
+                        len,
+                        m,
+                        scale,
+                        &mut Vec::new(),
+                        &mut out,
+                    )
+                };
+                for gi in 0..g {
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| {
+                            let dot: f64 = (0..d)
+                                .map(|c| q[gi * d + c] as f64 * val(&k, &kb, j * slot + c))
+                                .sum();
+                            dot * scale as f64 + m.map_or(0.0, |m| m[j] as f64)
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..len)
+                            .map(|j| e[j] * val(&v, &vb, j * slot + c))
+                            .sum::<f64>()
+                            / z;
+                        let got = out[gi * d + c] as f64;
                         assert!(
-                            d < 1e-4,
-                            "m{m} n{n} k{k} ({i},{j}): {} vs {s}",
-                            y[i * n + j]
+                            (got - want).abs() < 1e-5,
+                            "g{g} d{d} len{len} bf16 {bf16}: {got} vs {want}"
                         );
                     }
                 }
             }
+            // a query that sees nothing
+            let hidden = vec![f32::NEG_INFINITY; len];
+            let mut out = vec![1f32; g * d];
+            unsafe {
+                attend_one(
+                    &q,
+                    g,
+                    d,
+                    k.as_ptr() as *const u8,
+                    v.as_ptr() as *const u8,
+                    KvElem::F32,
+                    slot as isize,
+                    len,
+                    Some(&hidden),
+                    0.3,
+                    &mut Vec::new(),
+                    &mut out,
+                )
+            };
+            assert!(out.iter().all(|&x| x == 0.0));
         }
     }
 

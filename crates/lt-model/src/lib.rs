@@ -27,6 +27,7 @@ mod cache;
 mod config;
 pub mod device;
 mod fused;
+mod gemm;
 mod inference_mode;
 mod io;
 mod model;

@@ -357,8 +357,12 @@ impl Attention {
 /// weights ~10 % faster than ours; its batched steps are compute-bound and oneDNN's packed GEMM
 /// is 2× faster (measured, docs/model.md).
 fn fused_pays(tokens: usize, params: usize) -> bool {
-    tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
+    params <= FUSED_MAX_PARAMS && tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
 }
+
+/// The fused step keeps transposed f32 copies of the weights: models up to this size only
+/// (128 MB of copies).
+const FUSED_MAX_PARAMS: usize = 32 << 20;
 
 /// See [`fused_pays`]: a width-128 4-layer model (0.85M weights) takes the fused path for up to
 /// ~150 tokens per step (8 rows × a 10-token compression block, or a 128-token prompt).
@@ -366,6 +370,10 @@ const FUSED_MAX_DENSE_MACS: usize = 128 << 20;
 
 /// Multiply-adds of a fused decode step from which its rows are split over two threads.
 const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
+
+/// Multiply-adds of a one-row step from which its tokens are split over two threads (two
+/// synchronisations per layer instead of one per step: it takes more work to pay).
+const FUSED_SPLIT_TOKENS_MIN_MACS: usize = 12 << 20;
 
 /// The shared inputs of one fused decode step ([`Model::forward_fused`]).
 struct FusedStep<'a> {
@@ -437,8 +445,9 @@ struct FusedLayer {
     down: (RawSlice, Option<RawSlice>),
 }
 
-/// The model's weights as raw f32 slices for the fused step ([`Model::forward_fused`]): into
-/// the model's tensors (f32) or into f32 copies held here (bf16, widened exactly once).
+/// The model's weights as raw f32 slices for the fused step ([`Model::forward_fused`]): the
+/// projections and the lm_head as transposed f32 copies held here (`[in, out]`), norms and the
+/// embedding in place (f32) or widened once (bf16).
 #[derive(Debug)]
 struct FusedWeights {
     embed: RawSlice,
@@ -446,11 +455,12 @@ struct FusedWeights {
     norm_eps: f32,
     head: RawSlice,
     layers: Vec<FusedLayer>,
-    /// The widened copies the slices of a bf16 model point into.
+    /// The copies the slices point into.
     _owned: Vec<Vec<f32>>,
 }
 
-/// Makes [`RawSlice`]s of dense CPU weights, widening bf16 ones into owned f32 copies.
+/// Makes [`RawSlice`]s of dense CPU weights, widening bf16 ones and transposing projections into
+/// owned f32 copies.
 #[derive(Default)]
 struct Widen {
     owned: Vec<Vec<f32>>,
@@ -476,118 +486,150 @@ impl Widen {
         }
     }
 
+    /// A projection: its weight transposed to `[in, out]` (an owned f32 copy, the layout of
+    /// [`crate::gemm::linear_t`]) and its bias.
     fn linear(&mut self, l: &Linear) -> Option<(RawSlice, Option<RawSlice>)> {
         let b = match &l.b {
             Some(b) => Some(self.slice(b)?),
             None => None,
         };
-        Some((self.slice(&l.w)?, b))
+        Some((self.transposed(&l.w)?, b))
+    }
+
+    fn transposed(&mut self, w: &Tensor) -> Option<RawSlice> {
+        let (n, k) = w.size2().ok()?;
+        if w.device() != Device::Cpu || !matches!(w.kind(), Kind::Float | Kind::BFloat16) {
+            return None;
+        }
+        let dense = Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
+        let t = crate::gemm::transpose(&dense, n as usize, k as usize);
+        let r = RawSlice {
+            ptr: t.as_ptr(),
+            len: t.len(),
+        };
+        self.owned.push(t);
+        Some(r)
     }
 }
 
-/// Rows `rows` of a [`FusedStep`]: every layer, the final norm and the asked logits / hidden
-/// states into `out` (row-major, these rows only). Writes those rows' new cache slots.
+/// One thread's share of a [`FusedStep`]: the flattened query tokens `toks` (token `f` is token
+/// `f % t` of row `f / t`) and their activations, layer by layer. A layer is two phases: (A)
+/// RMSNorm, q/k/v, RoPE and the K/V written into the cache; (B) attention, o-projection, MLP.
+/// Phase B of a token reads the K/V of earlier tokens of its row; when a row's tokens are split
+/// over two threads, both must finish phase A before either starts phase B.
 ///
 /// bf16 models round to bf16 wherever HF's bf16 forward produces a bf16 tensor (after every
 /// projection, norm, RoPE product, activation and residual add; K/V stored as bf16); attention
 /// itself runs in f32 like libtorch's CPU SDPA.
-fn fused_rows(
-    cfg: &ModelConfig,
-    w: &FusedWeights,
-    st: &FusedStep<'_>,
-    rows: std::ops::Range<usize>,
-    out: &mut [f32],
-) -> Result<(), ModelError> {
-    use crate::fused::{attend_one, linear, rms_norm, rms_norm_bf16, rope, rope_bf16, round_bf16};
-    let t = st.t;
-    let n = rows.len() * t; // query tokens
-    let h = cfg.hidden_size;
-    let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-    let g = heads / kvh;
-    let inter = cfg.intermediate_size;
-    let scale = 1.0 / (d as f32).sqrt();
-    let bf16 = st.bf16;
-    let round = |x: &mut [f32]| {
-        if bf16 {
-            round_bf16(x)
+struct FusedRun<'a> {
+    cfg: &'a ModelConfig,
+    w: &'a FusedWeights,
+    st: &'a FusedStep<'a>,
+    toks: std::ops::Range<usize>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    tmp: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    y: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl<'a> FusedRun<'a> {
+    fn new(
+        cfg: &'a ModelConfig,
+        w: &'a FusedWeights,
+        st: &'a FusedStep<'a>,
+        toks: std::ops::Range<usize>,
+    ) -> Self {
+        let n = toks.len();
+        let h = cfg.hidden_size;
+        let (qd, kvd) = (
+            cfg.num_attention_heads * cfg.head_dim(),
+            cfg.kv_heads() * cfg.head_dim(),
+        );
+        let inter = cfg.intermediate_size;
+        let embed = w.embed.get();
+        let mut x = vec![0f32; n * h];
+        for (r, &id) in st.ids[toks.clone()].iter().enumerate() {
+            let id = id as usize;
+            x[r * h..(r + 1) * h].copy_from_slice(&embed[id * h..(id + 1) * h]);
         }
-    };
-    let norm = |x: &[f32], wt: &[f32], eps: f32, out: &mut [f32]| {
-        if bf16 {
-            rms_norm_bf16(x, h, wt, eps, out)
-        } else {
-            rms_norm(x, h, wt, eps, out)
+        FusedRun {
+            cfg,
+            w,
+            st,
+            toks,
+            x,
+            xn: vec![0f32; n * h],
+            tmp: vec![0f32; if st.bf16 { n * h } else { 0 }],
+            q: vec![0f32; n * qd],
+            k: vec![0f32; n * kvd],
+            v: vec![0f32; n * kvd],
+            y: vec![0f32; n * qd],
+            gate: vec![0f32; n * inter],
+            up: vec![0f32; n * inter],
+            act: vec![0f32; n * inter],
+            scores: Vec::new(),
         }
-    };
-    // y = x Wᵀ + b, rounded
-    let proj = |x: &[f32], m: usize, k: usize, l: &(RawSlice, Option<RawSlice>), y: &mut [f32]| {
-        let n_out = y.len() / m.max(1);
-        linear(x, m, k, l.0.get(), n_out, bias(l), y, false);
-        if bf16 {
-            round_bf16(y)
-        }
-    };
-    let embed = w.embed.get();
-    let mut x = vec![0f32; n * h];
-    for (r, &id) in st.ids[rows.start * t..rows.end * t].iter().enumerate() {
-        let id = id as usize;
-        x[r * h..(r + 1) * h].copy_from_slice(&embed[id * h..(id + 1) * h]);
     }
-    let mut xn = vec![0f32; n * h];
-    let mut tmp = vec![0f32; if bf16 { n * h } else { 0 }];
-    let mut q = vec![0f32; n * heads * d];
-    let mut k = vec![0f32; n * kvh * d];
-    let mut v = vec![0f32; n * kvh * d];
-    let mut y = vec![0f32; n * heads * d];
-    let mut gate = vec![0f32; n * inter];
-    let mut up = vec![0f32; n * inter];
-    let mut act = vec![0f32; n * inter];
-    let mut scores = Vec::new();
-    // x += l(input), rounded like HF: the projection, then the sum
-    let mut residual =
-        |x: &mut [f32], input: &[f32], k: usize, l: &(RawSlice, Option<RawSlice>)| {
-            if bf16 {
-                proj(input, n, k, l, &mut tmp);
-                for (a, b) in x.iter_mut().zip(&tmp) {
-                    *a += b;
-                }
-                round_bf16(x);
-            } else {
-                linear(input, n, k, l.0.get(), h, bias(l), x, true);
-            }
-        };
-    for (li, lw) in w.layers.iter().enumerate() {
+
+    /// Every layer and the output, without waiting for anyone (no row split across threads).
+    fn run_all(&mut self, out: &mut [f32]) {
+        for li in 0..self.w.layers.len() {
+            self.phase_a(li);
+            self.phase_b(li);
+        }
+        self.finish(out);
+    }
+
+    fn norm(&self, x: &[f32], wt: &[f32], eps: f32, out: &mut [f32]) {
+        let h = self.cfg.hidden_size;
+        if self.st.bf16 {
+            crate::fused::rms_norm_bf16(x, h, wt, eps, out)
+        } else {
+            crate::fused::rms_norm(x, h, wt, eps, out)
+        }
+    }
+
+    /// Phase A of layer `li`: RMSNorm, q/k/v (rounded), RoPE, K/V into the cache.
+    fn phase_a(&mut self, li: usize) {
+        use crate::fused::{rope, rope_bf16};
+        let (cfg, st, lw) = (self.cfg, self.st, &self.w.layers[li]);
+        let (n, h, t) = (self.toks.len(), cfg.hidden_size, st.t);
+        let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let (kl, vl) = st.kv[li];
-        norm(&x, lw.ln1.get(), lw.eps1, &mut xn);
-        proj(&xn, n, h, &lw.q, &mut q);
-        proj(&xn, n, h, &lw.k, &mut k);
-        proj(&xn, n, h, &lw.v, &mut v);
-        // token j of this thread = token i of sequence `row`
-        for (j, (row, i)) in rows
-            .clone()
-            .flat_map(|row| (0..t).map(move |i| (row, i)))
-            .enumerate()
-        {
-            let at = (row * t + i) * d;
-            let (c, s) = (&st.cos[at..at + d], &st.sin[at..at + d]);
-            let rope = |x: &mut [f32]| {
-                if bf16 {
+        let mut xn = std::mem::take(&mut self.xn);
+        self.norm(&self.x, lw.ln1.get(), lw.eps1, &mut xn);
+        proj(&xn, n, h, &lw.q, &mut self.q, st.bf16);
+        proj(&xn, n, h, &lw.k, &mut self.k, st.bf16);
+        proj(&xn, n, h, &lw.v, &mut self.v, st.bf16);
+        self.xn = xn;
+        for (j, f) in self.toks.clone().enumerate() {
+            let (row, i) = (f / t, f % t);
+            let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
+            let rot = |x: &mut [f32]| {
+                if st.bf16 {
                     rope_bf16(x, c, s)
                 } else {
                     rope(x, c, s)
                 }
             };
-            for head in q[j * heads * d..(j + 1) * heads * d].chunks_exact_mut(d) {
-                rope(head);
+            for head in self.q[j * heads * d..(j + 1) * heads * d].chunks_exact_mut(d) {
+                rot(head);
             }
-            for (gk, head) in k[j * kvh * d..(j + 1) * kvh * d]
+            for (gk, head) in self.k[j * kvh * d..(j + 1) * kvh * d]
                 .chunks_exact_mut(d)
                 .enumerate()
             {
-                rope(head);
-                let vh = &v[(j * kvh + gk) * d..(j * kvh + gk + 1) * d];
+                rot(head);
+                let vh = &self.v[(j * kvh + gk) * d..(j * kvh + gk + 1) * d];
                 // SAFETY: row < batch, gk < kv_heads, slot < lens + t <= capacity (checked
-                // when the layouts were taken); only this thread writes this row
+                // when the layouts were taken); each token's slot is written by one thread
                 unsafe {
                     let slot = st.lens[row] + i;
                     kl.write(row, gk, slot, head);
@@ -595,26 +637,35 @@ fn fused_rows(
                 }
             }
         }
-        // every new slot is written before any query reads (masks may look ahead)
-        for (j, (row, i)) in rows
-            .clone()
-            .flat_map(|row| (0..t).map(move |i| (row, i)))
-            .enumerate()
-        {
+    }
+
+    /// Phase B of layer `li`: attention over the cache, o-projection + residual, RMSNorm, gated
+    /// MLP + residual. Every new slot this token may see must have been written (phase A).
+    fn phase_b(&mut self, li: usize) {
+        use crate::fused::{attend_one, round_bf16, silu_mul_rounded};
+        let (cfg, st, lw) = (self.cfg, self.st, &self.w.layers[li]);
+        let (n, h, t) = (self.toks.len(), cfg.hidden_size, st.t);
+        let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let g = heads / kvh;
+        let inter = cfg.intermediate_size;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (kl, vl) = st.kv[li];
+        for (j, f) in self.toks.clone().enumerate() {
+            let (row, i) = (f / t, f % t);
             let (len, mask) = match st.mask {
                 Some(m) => {
                     let len = st.lens[row] + t;
-                    let at = (row * t + i) * st.keys;
+                    let at = f * st.keys;
                     (len, Some(&m[at..at + len]))
                 }
                 None => (st.lens[row] + i + 1, None),
             };
             for gk in 0..kvh {
                 let qh = (j * heads + gk * g) * d;
-                // SAFETY: as above; `len` slots of this row are in use
+                // SAFETY: as in phase A; `len` slots of this row are written
                 unsafe {
                     attend_one(
-                        &q[qh..qh + g * d],
+                        &self.q[qh..qh + g * d],
                         g,
                         d,
                         kl.at(row, gk, 0),
@@ -624,39 +675,120 @@ fn fused_rows(
                         len,
                         mask,
                         scale,
-                        &mut scores,
-                        &mut y[qh..qh + g * d],
+                        &mut self.scores,
+                        &mut self.y[qh..qh + g * d],
                     );
                 }
             }
         }
-        round(&mut y);
-        residual(&mut x, &y, heads * d, &lw.o);
-        norm(&x, lw.ln2.get(), lw.eps2, &mut xn);
-        proj(&xn, n, h, &lw.gate, &mut gate);
-        proj(&xn, n, h, &lw.up, &mut up);
-        crate::fused::silu_mul_rounded(&gate, &up, &mut act, bf16);
-        residual(&mut x, &act, inter, &lw.down);
-    }
-    let vocab = cfg.vocab_size;
-    match st.logits {
-        Logits::None => norm(&x, w.norm.get(), w.norm_eps, out),
-        Logits::All => {
-            norm(&x, w.norm.get(), w.norm_eps, &mut xn);
-            linear(&xn, n, h, w.head.get(), vocab, None, out, false);
+        if st.bf16 {
+            round_bf16(&mut self.y);
         }
-        Logits::Last => {
-            // the last token of each row only
-            let last: Vec<f32> = x
-                .chunks_exact(t * h)
-                .flat_map(|r| r[(t - 1) * h..].iter().copied())
-                .collect();
-            let b = rows.len();
-            norm(&last, w.norm.get(), w.norm_eps, &mut xn[..b * h]);
-            linear(&xn[..b * h], b, h, w.head.get(), vocab, None, out, false);
-        }
+        residual(
+            &mut self.x,
+            &self.y,
+            n,
+            heads * d,
+            &lw.o,
+            &mut self.tmp,
+            st.bf16,
+        );
+        let mut xn = std::mem::take(&mut self.xn);
+        self.norm(&self.x, lw.ln2.get(), lw.eps2, &mut xn);
+        proj(&xn, n, h, &lw.gate, &mut self.gate, st.bf16);
+        proj(&xn, n, h, &lw.up, &mut self.up, st.bf16);
+        self.xn = xn;
+        silu_mul_rounded(&self.gate, &self.up, &mut self.act, st.bf16);
+        residual(
+            &mut self.x,
+            &self.act,
+            n,
+            inter,
+            &lw.down,
+            &mut self.tmp,
+            st.bf16,
+        );
     }
-    Ok(())
+
+    /// The final norm and the asked output of this share's tokens into `out`: every token
+    /// (logits or hidden states), or the logits of the rows whose last token is here.
+    fn finish(&mut self, out: &mut [f32]) {
+        use crate::gemm::linear_t;
+        let (h, t, vocab) = (self.cfg.hidden_size, self.st.t, self.cfg.vocab_size);
+        let n = self.toks.len();
+        let (norm, eps) = (self.w.norm.get(), self.w.norm_eps);
+        let mut xn = std::mem::take(&mut self.xn);
+        match self.st.logits {
+            Logits::None => self.norm(&self.x, norm, eps, out),
+            Logits::All => {
+                self.norm(&self.x, norm, eps, &mut xn);
+                linear_t(&xn, n, h, self.w.head.get(), vocab, None, out, false);
+            }
+            Logits::Last => {
+                let last: Vec<f32> = self
+                    .toks
+                    .clone()
+                    .enumerate()
+                    .filter(|&(_, f)| f % t == t - 1)
+                    .flat_map(|(j, _)| self.x[j * h..(j + 1) * h].iter().copied())
+                    .collect();
+                let b = last.len() / h;
+                if b > 0 {
+                    self.norm(&last, norm, eps, &mut xn[..b * h]);
+                    linear_t(
+                        &xn[..b * h],
+                        b,
+                        h,
+                        self.w.head.get(),
+                        vocab,
+                        None,
+                        out,
+                        false,
+                    );
+                }
+            }
+        }
+        self.xn = xn;
+    }
+}
+
+/// `y = x Wᵀ + b` for `m` tokens (`l`: transposed weight, bias), rounded for bf16 models.
+fn proj(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    l: &(RawSlice, Option<RawSlice>),
+    y: &mut [f32],
+    bf16: bool,
+) {
+    let n = y.len() / m.max(1);
+    crate::gemm::linear_t(x, m, k, l.0.get(), n, bias(l), y, false);
+    if bf16 {
+        crate::fused::round_bf16(y)
+    }
+}
+
+/// `x += l(input)` (`x`: `m × out` residual stream); bf16 like HF: the projection rounded, then
+/// the sum rounded (`tmp` is scratch of `x`'s size).
+fn residual(
+    x: &mut [f32],
+    input: &[f32],
+    m: usize,
+    k: usize,
+    l: &(RawSlice, Option<RawSlice>),
+    tmp: &mut [f32],
+    bf16: bool,
+) {
+    let n = x.len() / m.max(1);
+    if bf16 {
+        proj(input, m, k, l, tmp, true);
+        for (a, b) in x.iter_mut().zip(tmp.iter()) {
+            *a += b;
+        }
+        crate::fused::round_bf16(x);
+    } else {
+        crate::gemm::linear_t(input, m, k, l.0.get(), n, bias(l), x, true);
+    }
 }
 
 /// Attention of `q` `[B, H, T, D]` over `k`, `v` `[B, KV, L, D]` (RoPE applied, cache included):
@@ -1323,7 +1455,7 @@ impl Model {
                     embed: wd.slice(&self.embed)?,
                     norm: wd.slice(&self.norm.w)?,
                     norm_eps: self.norm.eps as f32,
-                    head: wd.slice(self.lm_head())?,
+                    head: wd.transposed(self.lm_head())?,
                     layers,
                     _owned: wd.owned,
                 })
@@ -1437,18 +1569,60 @@ impl Model {
                 * self.cfg.num_attention_heads
                 * self.cfg.head_dim()
                 * keys;
-        if b >= 2 && b * t * per_token >= FUSED_SPLIT_MIN_MACS {
-            let half = b / 2;
-            let (o0, o1) = os.split_at_mut(half * per_row * width);
-            let cfg = &self.cfg;
-            let (r0, r1) = rayon::join(
-                || fused_rows(cfg, w, &step, 0..half, o0),
-                || fused_rows(cfg, w, &step, half..b, o1),
-            );
-            r0?;
-            r1?;
+        let n = b * t;
+        let cfg = &self.cfg;
+        let split_min = if b >= 2 {
+            FUSED_SPLIT_MIN_MACS
         } else {
-            fused_rows(&self.cfg, w, &step, 0..b, os)?;
+            FUSED_SPLIT_TOKENS_MIN_MACS
+        };
+        if n >= 2 && n * per_token >= split_min {
+            // two threads: whole rows each when there are several, else the tokens of the
+            // one row split where the (causal) work halves
+            let s = if b >= 2 {
+                (b / 2) * t
+            } else {
+                let attn = self.cfg.num_hidden_layers
+                    * 2
+                    * self.cfg.num_attention_heads
+                    * self.cfg.head_dim();
+                let cost = |i: usize| {
+                    self.cfg.dense_params()
+                        + attn
+                            * if mask_rows.is_some() {
+                                keys
+                            } else {
+                                lens_before[0] + i + 1
+                            }
+                };
+                let total: usize = (0..t).map(cost).sum();
+                let mut acc = 0;
+                let mut s = 0;
+                while s < t - 1 && 2 * (acc + cost(s)) <= total {
+                    acc += cost(s);
+                    s += 1;
+                }
+                s.max(1)
+            };
+            let split_out = match logits {
+                Logits::Last => (s / t) * width,
+                _ => s * width,
+            };
+            let (o0, o1) = os.split_at_mut(split_out);
+            let mut r0 = FusedRun::new(cfg, w, &step, 0..s);
+            let mut r1 = FusedRun::new(cfg, w, &step, s..n);
+            if s % t == 0 {
+                // no row is split: each thread runs all its layers alone
+                rayon::join(|| r0.run_all(o0), || r1.run_all(o1));
+            } else {
+                for li in 0..w.layers.len() {
+                    rayon::join(|| r0.phase_a(li), || r1.phase_a(li));
+                    rayon::join(|| r0.phase_b(li), || r1.phase_b(li));
+                }
+                rayon::join(|| r0.finish(o0), || r1.finish(o1));
+            }
+        } else {
+            FusedRun::new(cfg, w, &step, 0..n).run_all(os);
         }
         let rows: Vec<Vec<i64>> = pos_rows.chunks(t).map(|r| r.to_vec()).collect();
         cache.commit(&rows);

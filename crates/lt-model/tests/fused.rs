@@ -16,9 +16,19 @@ fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
     llama.mlp_bias = Some(true);
     llama.tie_word_embeddings = true;
     llama.initializer_range = 0.2;
-    let mut wide = ModelConfig::tiny_qwen2(1024, 128, 2, 4, 2, 344); // split over two threads at 5 rows
+    let mut wide = ModelConfig::tiny_qwen2(1024, 128, 2, 4, 2, 344);
     wide.initializer_range = 0.1;
-    vec![("qwen2", qwen, 3), ("llama", llama, 3), ("wide", wide, 5)]
+    // "wide" with 5 rows splits the batch over two threads; "wider" (2M weights) with 1 row
+    // splits the row's tokens of its multi-token steps (both threads write K/V before either
+    // attends)
+    let mut wider = ModelConfig::tiny_qwen2(2048, 256, 2, 4, 2, 688);
+    wider.initializer_range = 0.05;
+    vec![
+        ("qwen2", qwen, 3),
+        ("llama", llama, 3),
+        ("wide", wide, 5),
+        ("wider-1", wider, 1),
+    ]
 }
 
 /// A batch cache whose rows have different lengths: prefill `pre` tokens, then evict a
