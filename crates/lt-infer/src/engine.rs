@@ -342,7 +342,7 @@ impl Seq {
         let trigger = match (cfg.method, cfg.level) {
             (Method::Vanilla, _) => false,
             (_, Level::Sentence) => pred == cfg.trigger_id,
-            (_, Level::Token { step }) => step > 0 && (self.counter + 1) % step == 0,
+            (_, Level::Token { step }) => step > 0 && (self.counter + 1).is_multiple_of(step),
         };
         let mut ids = vec![pred];
         let mut ind = None;

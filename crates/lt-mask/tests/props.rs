@@ -92,7 +92,7 @@ proptest! {
             prop_assert_eq!(m.row(r), m.row(layout.len - 1));
         }
         for r in 0..m.rows() {
-            prop_assert!(m.row(r).last().map_or(true, |&(_, b)| b as usize <= layout.len));
+            prop_assert!(m.row(r).last().is_none_or(|&(_, b)| b as usize <= layout.len));
         }
         // serde round trip
         let back: lt_mask::IntervalMask = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();

@@ -248,7 +248,7 @@ impl ModelConfig {
                 return Err(bad(f, "must be > 0".into()));
             }
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -258,7 +258,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(bad(
                 "head_dim",
                 format!("{} must be even for RoPE", self.head_dim()),

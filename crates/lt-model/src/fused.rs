@@ -276,7 +276,7 @@ unsafe fn attend_one_t<const BF16: bool>(
     }
     let scores = &mut scores[..g * len]; // every entry is written below
     #[cfg(target_arch = "x86_64")]
-    let vector = d % 8 == 0 && d <= 256 && available();
+    let vector = d.is_multiple_of(8) && d <= 256 && available();
     #[cfg(not(target_arch = "x86_64"))]
     let vector = false;
     if vector {

@@ -516,7 +516,9 @@ pub fn train_with(
         }
 
         let epoch_done = mb_per_epoch.is_some_and(|n| state.next_micro_batch >= n);
-        let periodic = cfg.save_steps.is_some_and(|k| state.global_step % k == 0);
+        let periodic = cfg
+            .save_steps
+            .is_some_and(|k| state.global_step.is_multiple_of(k));
         if (epoch_done && cfg.save_each_epoch) || periodic {
             save(&state, &opt, model, &mut report)?;
             last_saved = Some(state.global_step);
