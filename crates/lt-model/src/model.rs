@@ -371,9 +371,11 @@ const FUSED_MAX_DENSE_MACS: usize = 128 << 20;
 /// Multiply-adds of a fused decode step from which its rows are split over two threads.
 const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
 
-/// Multiply-adds of a one-row step from which its tokens are split over two threads (two
-/// synchronisations per layer instead of one per step: it takes more work to pay).
+/// Multiply-adds and tokens of a one-row step from which its tokens are split over two threads
+/// (two synchronisations per layer instead of one per step: it takes more work to pay; a
+/// 10-token compression block of a small model is measurably slower split).
 const FUSED_SPLIT_TOKENS_MIN_MACS: usize = 12 << 20;
+const FUSED_SPLIT_MIN_TOKENS: usize = 32;
 
 /// The shared inputs of one fused decode step ([`Model::forward_fused`]).
 struct FusedStep<'a> {
@@ -1571,12 +1573,12 @@ impl Model {
                 * keys;
         let n = b * t;
         let cfg = &self.cfg;
-        let split_min = if b >= 2 {
-            FUSED_SPLIT_MIN_MACS
+        let split = if b >= 2 {
+            n * per_token >= FUSED_SPLIT_MIN_MACS
         } else {
-            FUSED_SPLIT_TOKENS_MIN_MACS
+            t >= FUSED_SPLIT_MIN_TOKENS && n * per_token >= FUSED_SPLIT_TOKENS_MIN_MACS
         };
-        if n >= 2 && n * per_token >= split_min {
+        if split {
             // two threads: whole rows each when there are several, else the tokens of the
             // one row split where the (causal) work halves
             let s = if b >= 2 {

@@ -84,8 +84,8 @@ fn fused_step_equals_libtorch_step() {
             (1, 0, Logits::Last),
             (3, 0, Logits::All),
             (11, 1, Logits::Last),
-            (16, 0, Logits::All),
-            (17, 1, Logits::Last),
+            (40, 0, Logits::All),
+            (33, 1, Logits::Last),
         ];
         for (step, &(t, mk, logits)) in plan.iter().enumerate() {
             let keys = cf.max_len() as i64 + t;
