@@ -76,22 +76,22 @@ pub(crate) fn rms_norm_bf16(x: &[f32], h: usize, w: &[f32], eps: f32, out: &mut 
 
 /// [`rope`] with HF's bf16 roundings: `bf16(bf16(x·cos) + bf16(roll(x)·sin))`.
 pub(crate) fn rope_bf16(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let src = x.to_vec();
-    let d = x.len();
-    let half = d / 2;
     let r = |v: f32| f32::from_bits((bf16_bits(v) as u32) << 16);
-    for i in 0..d {
-        x[i] = r(r(src[i] * cos[i]) + r(src[(i + half) % d] * sin[i]));
+    let half = x.len() / 2;
+    let (lo, hi) = x.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (lo[i], hi[i]);
+        lo[i] = r(r(a * cos[i]) + r(b * sin[i]));
+        hi[i] = r(r(b * cos[half + i]) + r(a * sin[half + i]));
     }
 }
 
 /// `out = silu(gate) * up`; with `bf16`, HF's roundings: `bf16(bf16(silu(gate)) * up)`.
 pub(crate) fn silu_mul_rounded(gate: &[f32], up: &[f32], out: &mut [f32], bf16: bool) {
     if !bf16 {
-        return silu_mul(gate, up, out);
+        return silu_mul(gate, Some(up), out);
     }
-    let ones = vec![1f32; gate.len()];
-    silu_mul(gate, &ones, out);
+    silu_mul(gate, None, out);
     round_bf16(out);
     for (o, &u) in out.iter_mut().zip(up) {
         *o *= u;
@@ -100,34 +100,22 @@ pub(crate) fn silu_mul_rounded(gate: &[f32], up: &[f32], out: &mut [f32], bf16: 
 }
 
 /// RoPE on one head in place: `x·cos + roll(x, D/2)·sin` with the sign of `rotate_half` folded
-/// into `sin` (see `rope::apply_rope`).
+/// into `sin` (see `rope::apply_rope`), one pass over both halves.
 pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let d = x.len();
-    let half = d / 2;
-    let mut tmp = [0f32; 512];
-    let src: &mut [f32] = if d <= tmp.len() {
-        tmp[..d].copy_from_slice(x);
-        &mut tmp[..d]
-    } else {
-        return rope_alloc(x, cos, sin);
-    };
-    for i in 0..d {
-        let r = src[(i + half) % d];
-        x[i] = src[i] * cos[i] + r * sin[i];
-    }
-}
-
-fn rope_alloc(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let src = x.to_vec();
-    let d = x.len();
-    let half = d / 2;
-    for i in 0..d {
-        x[i] = src[i] * cos[i] + src[(i + half) % d] * sin[i];
+    let half = x.len() / 2;
+    let (lo, hi) = x.split_at_mut(half);
+    let (c0, c1) = cos.split_at(half);
+    let (s0, s1) = sin.split_at(half);
+    for i in 0..half {
+        let (a, b) = (lo[i], hi[i]);
+        lo[i] = a * c0[i] + b * s0[i];
+        hi[i] = b * c1[i] + a * s1[i];
     }
 }
 
 /// `out[i] = silu(gate[i]) * up[i]` with HF's `x / (1 + exp(-x))`.
-pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// (`up: None`: silu alone.)
+pub(crate) fn silu_mul(gate: &[f32], up: Option<&[f32]>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if available() {
@@ -135,8 +123,8 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
             return unsafe { avx2::silu_mul(gate, up, out) };
         }
     }
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
+    for (i, (o, &g)) in out.iter_mut().zip(gate).enumerate() {
+        *o = g / (1.0 + (-g).exp()) * up.map_or(1.0, |u| u[i]);
     }
 }
 
@@ -596,24 +584,34 @@ mod avx2 {
             acc = _mm256_add_ps(acc, e);
             i += 8;
         }
-        let mut s = hsum(acc);
-        for v in &mut x[nv..] {
-            *v = (*v - shift).exp();
-            s += *v;
+        if nv < n {
+            // the tail through the same vector exp: padded with -inf (exp = 0)
+            let mut t = [f32::NEG_INFINITY; 8];
+            t[..n - nv].copy_from_slice(&x[nv..]);
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), sh));
+            _mm256_storeu_ps(t.as_mut_ptr(), e);
+            x[nv..].copy_from_slice(&t[..n - nv]);
+            acc = _mm256_add_ps(acc, e);
         }
-        s
+        hsum(acc)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-        let n = out.len().min(gate.len()).min(up.len());
+    pub(super) unsafe fn silu_mul(gate: &[f32], up: Option<&[f32]>, out: &mut [f32]) {
+        let n = out
+            .len()
+            .min(gate.len())
+            .min(up.map_or(usize::MAX, |u| u.len()));
         let nv = n & !7;
         let one = _mm256_set1_ps(1.0);
         let zero = _mm256_setzero_ps();
         let mut i = 0;
         while i < nv {
             let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            let u = match up {
+                Some(u) => _mm256_loadu_ps(u.as_ptr().add(i)),
+                None => one,
+            };
             let e = exp256(_mm256_sub_ps(zero, g));
             let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
             _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(s, u));
@@ -621,7 +619,7 @@ mod avx2 {
         }
         for j in nv..n {
             let g = gate[j];
-            out[j] = g / (1.0 + (-g).exp()) * up[j];
+            out[j] = g / (1.0 + (-g).exp()) * up.map_or(1.0, |u| u[j]);
         }
     }
 }
@@ -755,7 +753,7 @@ mod tests {
         let g: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.9).collect();
         let u: Vec<f32> = (0..203).map(|i| 1.0 + i as f32 * 0.01).collect();
         let mut o = vec![0f32; g.len()];
-        silu_mul(&g, &u, &mut o);
+        silu_mul(&g, Some(&u), &mut o);
         for i in 0..g.len() {
             let want = (g[i] as f64 / (1.0 + (-g[i] as f64).exp())) * u[i] as f64;
             let d = (o[i] as f64 - want).abs();

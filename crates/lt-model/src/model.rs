@@ -372,8 +372,9 @@ const FUSED_MAX_DENSE_MACS: usize = 128 << 20;
 const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
 
 /// Multiply-adds and tokens of a one-row step from which its tokens are split over two threads
-/// (two synchronisations per layer instead of one per step: it takes more work to pay; a
-/// 10-token compression block of a small model is measurably slower split).
+/// (one synchronisation per layer instead of one per step: it takes more work to pay). Measured
+/// on a 2-layer width-64 model: 128-token prompts 1.0–1.3× faster split, 256 tokens 1.2–1.4×,
+/// 512 tokens 1.6×; a 10-token compression block of a 4-layer width-128 model is slower split.
 const FUSED_SPLIT_TOKENS_MIN_MACS: usize = 12 << 20;
 const FUSED_SPLIT_MIN_TOKENS: usize = 32;
 
@@ -438,12 +439,11 @@ struct FusedLayer {
     eps1: f32,
     ln2: RawSlice,
     eps2: f32,
-    q: (RawSlice, Option<RawSlice>),
-    k: (RawSlice, Option<RawSlice>),
-    v: (RawSlice, Option<RawSlice>),
+    /// q | k | v stacked: one product per token, `heads·d + 2·kv_heads·d` outputs.
+    qkv: (RawSlice, Option<RawSlice>),
     o: (RawSlice, Option<RawSlice>),
-    gate: (RawSlice, Option<RawSlice>),
-    up: (RawSlice, Option<RawSlice>),
+    /// gate | up stacked: `2·intermediate` outputs.
+    gate_up: (RawSlice, Option<RawSlice>),
     down: (RawSlice, Option<RawSlice>),
 }
 
@@ -498,6 +498,32 @@ impl Widen {
         Some((self.transposed(&l.w)?, b))
     }
 
+    /// Several projections of the same input stacked along their outputs (transposed, with
+    /// one bias where any has one; a missing one is zeros).
+    fn stacked(&mut self, parts: &[&Linear]) -> Option<(RawSlice, Option<RawSlice>)> {
+        let w = Tensor::cat(&parts.iter().map(|l| l.w.detach()).collect::<Vec<_>>(), 0);
+        let wt = self.transposed(&w)?;
+        let b = if parts.iter().any(|l| l.b.is_some()) {
+            let mut all = Vec::new();
+            for l in parts {
+                let n = l.w.size().first().copied().unwrap_or(0) as usize;
+                match &l.b {
+                    Some(b) => all.extend(Vec::<f32>::try_from(b.to_kind(Kind::Float)).ok()?),
+                    None => all.extend(std::iter::repeat_n(0f32, n)),
+                }
+            }
+            let r = RawSlice {
+                ptr: all.as_ptr(),
+                len: all.len(),
+            };
+            self.owned.push(all);
+            Some(r)
+        } else {
+            None
+        };
+        Some((wt, b))
+    }
+
     fn transposed(&mut self, w: &Tensor) -> Option<RawSlice> {
         let (n, k) = w.size2().ok()?;
         if w.device() != Device::Cpu || !matches!(w.kind(), Kind::Float | Kind::BFloat16) {
@@ -531,12 +557,11 @@ struct FusedRun<'a> {
     x: Vec<f32>,
     xn: Vec<f32>,
     tmp: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// q | k | v per token (`heads·d + 2·kv_heads·d`).
+    qkv: Vec<f32>,
     y: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    /// gate | up per token.
+    gate_up: Vec<f32>,
     act: Vec<f32>,
     scores: Vec<f32>,
 }
@@ -569,12 +594,9 @@ impl<'a> FusedRun<'a> {
             x,
             xn: vec![0f32; n * h],
             tmp: vec![0f32; if st.bf16 { n * h } else { 0 }],
-            q: vec![0f32; n * qd],
-            k: vec![0f32; n * kvd],
-            v: vec![0f32; n * kvd],
+            qkv: vec![0f32; n * (qd + 2 * kvd)],
             y: vec![0f32; n * qd],
-            gate: vec![0f32; n * inter],
-            up: vec![0f32; n * inter],
+            gate_up: vec![0f32; n * 2 * inter],
             act: vec![0f32; n * inter],
             scores: Vec::new(),
         }
@@ -607,11 +629,14 @@ impl<'a> FusedRun<'a> {
         let (kl, vl) = st.kv[li];
         let mut xn = std::mem::take(&mut self.xn);
         self.norm(&self.x, lw.ln1.get(), lw.eps1, &mut xn);
-        proj(&xn, n, h, &lw.q, &mut self.q, st.bf16);
-        proj(&xn, n, h, &lw.k, &mut self.k, st.bf16);
-        proj(&xn, n, h, &lw.v, &mut self.v, st.bf16);
+        proj(&xn, n, h, &lw.qkv, &mut self.qkv, st.bf16);
         self.xn = xn;
-        for (j, f) in self.toks.clone().enumerate() {
+        let (qd, kvd) = (heads * d, kvh * d);
+        for (tok, f) in self
+            .qkv
+            .chunks_exact_mut(qd + 2 * kvd)
+            .zip(self.toks.clone())
+        {
             let (row, i) = (f / t, f % t);
             let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
             let rot = |x: &mut [f32]| {
@@ -621,20 +646,16 @@ impl<'a> FusedRun<'a> {
                     rope(x, c, s)
                 }
             };
-            for head in self.q[j * heads * d..(j + 1) * heads * d].chunks_exact_mut(d) {
-                rot(head);
-            }
-            for (gk, head) in self.k[j * kvh * d..(j + 1) * kvh * d]
-                .chunks_exact_mut(d)
-                .enumerate()
-            {
-                rot(head);
-                let vh = &self.v[(j * kvh + gk) * d..(j * kvh + gk + 1) * d];
+            let (q, kv) = tok.split_at_mut(qd);
+            let (k, v) = kv.split_at_mut(kvd);
+            q.chunks_exact_mut(d).for_each(rot);
+            for (gk, (kh, vh)) in k.chunks_exact_mut(d).zip(v.chunks_exact(d)).enumerate() {
+                rot(kh);
                 // SAFETY: row < batch, gk < kv_heads, slot < lens + t <= capacity (checked
                 // when the layouts were taken); each token's slot is written by one thread
                 unsafe {
                     let slot = st.lens[row] + i;
-                    kl.write(row, gk, slot, head);
+                    kl.write(row, gk, slot, kh);
                     vl.write(row, gk, slot, vh);
                 }
             }
@@ -662,12 +683,14 @@ impl<'a> FusedRun<'a> {
                 }
                 None => (st.lens[row] + i + 1, None),
             };
+            let stride = (heads + 2 * kvh) * d;
             for gk in 0..kvh {
-                let qh = (j * heads + gk * g) * d;
+                let qh = j * stride + gk * g * d;
+                let yh = (j * heads + gk * g) * d;
                 // SAFETY: as in phase A; `len` slots of this row are written
                 unsafe {
                     attend_one(
-                        &self.q[qh..qh + g * d],
+                        &self.qkv[qh..qh + g * d],
                         g,
                         d,
                         kl.at(row, gk, 0),
@@ -678,7 +701,7 @@ impl<'a> FusedRun<'a> {
                         mask,
                         scale,
                         &mut self.scores,
-                        &mut self.y[qh..qh + g * d],
+                        &mut self.y[yh..yh + g * d],
                     );
                 }
             }
@@ -697,10 +720,15 @@ impl<'a> FusedRun<'a> {
         );
         let mut xn = std::mem::take(&mut self.xn);
         self.norm(&self.x, lw.ln2.get(), lw.eps2, &mut xn);
-        proj(&xn, n, h, &lw.gate, &mut self.gate, st.bf16);
-        proj(&xn, n, h, &lw.up, &mut self.up, st.bf16);
+        proj(&xn, n, h, &lw.gate_up, &mut self.gate_up, st.bf16);
         self.xn = xn;
-        silu_mul_rounded(&self.gate, &self.up, &mut self.act, st.bf16);
+        for (gu, a) in self
+            .gate_up
+            .chunks_exact(2 * inter)
+            .zip(self.act.chunks_exact_mut(inter))
+        {
+            silu_mul_rounded(&gu[..inter], &gu[inter..], a, st.bf16);
+        }
         residual(
             &mut self.x,
             &self.act,
@@ -1444,12 +1472,9 @@ impl Model {
                         eps1: l.ln1.eps as f32,
                         ln2: wd.slice(&l.ln2.w)?,
                         eps2: l.ln2.eps as f32,
-                        q: wd.linear(&l.attn.q)?,
-                        k: wd.linear(&l.attn.k)?,
-                        v: wd.linear(&l.attn.v)?,
+                        qkv: wd.stacked(&[&l.attn.q, &l.attn.k, &l.attn.v])?,
                         o: wd.linear(&l.attn.o)?,
-                        gate: wd.linear(&l.mlp.gate)?,
-                        up: wd.linear(&l.mlp.up)?,
+                        gate_up: wd.stacked(&[&l.mlp.gate, &l.mlp.up])?,
                         down: wd.linear(&l.mlp.down)?,
                     });
                 }
@@ -1617,11 +1642,21 @@ impl Model {
                 // no row is split: each thread runs all its layers alone
                 rayon::join(|| r0.run_all(o0), || r1.run_all(o1));
             } else {
-                for li in 0..w.layers.len() {
-                    rayon::join(|| r0.phase_a(li), || r1.phase_a(li));
-                    rayon::join(|| r0.phase_b(li), || r1.phase_b(li));
+                // phase B of a layer and phase A of the next need no one else's tokens: one
+                // synchronisation per layer
+                let layers = w.layers.len();
+                rayon::join(|| r0.phase_a(0), || r1.phase_a(0));
+                for li in 0..layers {
+                    let step = |r: &mut FusedRun<'_>, out: &mut [f32]| {
+                        r.phase_b(li);
+                        if li + 1 < layers {
+                            r.phase_a(li + 1);
+                        } else {
+                            r.finish(out);
+                        }
+                    };
+                    rayon::join(|| step(&mut r0, &mut *o0), || step(&mut r1, &mut *o1));
                 }
-                rayon::join(|| r0.finish(o0), || r1.finish(o1));
             }
         } else {
             FusedRun::new(cfg, w, &step, 0..n).run_all(os);

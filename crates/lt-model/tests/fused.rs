@@ -18,16 +18,13 @@ fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
     llama.initializer_range = 0.2;
     let mut wide = ModelConfig::tiny_qwen2(1024, 128, 2, 4, 2, 344);
     wide.initializer_range = 0.1;
-    // "wide" with 5 rows splits the batch over two threads; "wider" (2M weights) with 1 row
-    // splits the row's tokens of its multi-token steps (both threads write K/V before either
-    // attends)
-    let mut wider = ModelConfig::tiny_qwen2(2048, 256, 2, 4, 2, 688);
-    wider.initializer_range = 0.05;
+    // "wide" with 5 rows splits the batch over two threads; with 1 row, its 170-token step
+    // splits the row's tokens (both threads write K/V before either attends)
     vec![
         ("qwen2", qwen, 3),
         ("llama", llama, 3),
-        ("wide", wide, 5),
-        ("wider-1", wider, 1),
+        ("wide", wide.clone(), 5),
+        ("wide-1", wide, 1),
     ]
 }
 
@@ -74,8 +71,8 @@ fn fused_step_equals_libtorch_step() {
         let mut cp = ragged_cache(&plain, b, 9, vocab);
         // (new tokens, mask, logits) per step: decode steps with every mask and output kind,
         // then multi-token blocks (causal, and a look-ahead mask like LightThinker's
-        // bidirectional gist tokens)
-        let plan: [(i64, u8, Logits); 10] = [
+        // bidirectional gist tokens; a long step)
+        let plan: [(i64, u8, Logits); 11] = [
             (1, 0, Logits::Last),
             (1, 0, Logits::Last),
             (1, 1, Logits::Last),
@@ -86,6 +83,7 @@ fn fused_step_equals_libtorch_step() {
             (11, 1, Logits::Last),
             (40, 0, Logits::All),
             (33, 1, Logits::Last),
+            (170, 1, Logits::All),
         ];
         for (step, &(t, mk, logits)) in plan.iter().enumerate() {
             let keys = cf.max_len() as i64 + t;
