@@ -312,18 +312,6 @@ impl KvCache {
         Ok((kc.narrow(2, 0, total), vc.narrow(2, 0, total)))
     }
 
-    /// K and V of `layer`, slots `0..len` of every row (views).
-    pub(crate) fn layer_prefix(
-        &self,
-        layer: usize,
-        len: i64,
-    ) -> Result<(Tensor, Tensor), ModelError> {
-        match (self.k.get(layer), self.v.get(layer)) {
-            (Some(k), Some(v)) => Ok((k.narrow(2, 0, len), v.narrow(2, 0, len))),
-            _ => Err(ModelError::Input(format!("cache has no layer {layer}"))),
-        }
-    }
-
     /// Record `t` appended slots per row with their position ids (`positions[b]` has length t).
     pub(crate) fn commit(&mut self, positions: &[Vec<i64>]) {
         for ((l, p), new) in self

@@ -1386,9 +1386,6 @@ impl Model {
         let max_before = lens_before.iter().copied().max().unwrap_or(0) as i64;
         let keys = max_before + t;
 
-        // Build the SDPA mask.
-        let (attn_mask, is_causal) = self.build_mask(mask, b, t, keys, &lens_before, uniform)?;
-
         let infer = !grad_enabled();
         // host positions: for the CPU RoPE table and the cache's bookkeeping (no device sync
         // on CUDA without a cache)
@@ -1400,6 +1397,11 @@ impl Model {
         if infer {
             if let Some(c) = cache.as_deref_mut() {
                 if let Some(w) = self.fused_weights(c, b as usize * t as usize) {
+                    // causal steps need no mask tensor: each query sees its row's slots
+                    let attn_mask = match mask {
+                        AttnMask::Causal => None,
+                        _ => self.build_mask(mask, b, t, keys, &lens_before, uniform)?.0,
+                    };
                     return self.forward_fused(
                         w,
                         &ids_host,
@@ -1414,6 +1416,8 @@ impl Model {
                 }
             }
         }
+        // Build the SDPA mask.
+        let (attn_mask, is_causal) = self.build_mask(mask, b, t, keys, &lens_before, uniform)?;
         let (cos, sin) = if dev == Device::Cpu {
             self.rope.cos_sin_host(&pos_rows, b, t, self.kind)
         } else {
@@ -1537,8 +1541,11 @@ impl Model {
         };
         let mut kv = Vec::with_capacity(self.layers.len());
         for li in 0..self.layers.len() {
-            let (k, v) = cache.layer_prefix(li, keys as i64)?;
-            kv.push((layout(&k)?, layout(&v)?));
+            // the full-capacity tensors (reserved above): no views made
+            match (cache.keys(li), cache.values(li)) {
+                (Some(k), Some(v)) => kv.push((layout(k)?, layout(v)?)),
+                _ => return Err(ModelError::Input(format!("cache has no layer {li}"))),
+            }
         }
         // an explicit mask as additive f32 rows, `keys` per query token (Causal needs none:
         // query i of a row sees that row's slots up to its own)
