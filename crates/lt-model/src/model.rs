@@ -147,6 +147,8 @@ pub struct PrepackStats {
     pub fused: usize,
     /// Matrices in oneDNN's packed layout.
     pub onednn: usize,
+    /// Whether the fused CPU step's weights were made (small f32 / bf16 models on x86-64).
+    pub fused_step: bool,
 }
 
 /// A linear layer `y = x Wᵀ + b` with HF weight layout `[out, in]`.
@@ -360,8 +362,8 @@ fn fused_pays(tokens: usize, params: usize) -> bool {
     params <= FUSED_MAX_PARAMS && tokens.saturating_mul(params) <= FUSED_MAX_DENSE_MACS
 }
 
-/// The fused step keeps transposed f32 copies of the weights: models up to this size only
-/// (128 MB of copies).
+/// The fused step keeps transposed f32 copies of the weights ([`Model::prepack`]): models up to
+/// this size only (128 MB of copies).
 const FUSED_MAX_PARAMS: usize = 32 << 20;
 
 /// See [`fused_pays`]: a width-128 4-layer model (0.85M weights) takes the fused path for up to
@@ -976,8 +978,8 @@ pub struct Model {
     /// oneDNN-prepacked lm_head ([`Model::prepack`]).
     head_packed: Option<Tensor>,
     prepacked: bool,
-    /// The weights as raw f32 slices for the fused decode step, `None` when some weight is not
-    /// a dense f32 CPU tensor; made on first use, reset when weights may be replaced.
+    /// The fused step's weights, made by [`Model::prepack`] (`None` inside when the model cannot
+    /// take that step); dropped by [`Model::unpack`] and when weights may be replaced.
     fused: std::sync::OnceLock<Option<FusedWeights>>,
     /// [`Model::set_fused_decode`].
     fused_decode: bool,
@@ -1202,8 +1204,10 @@ impl Model {
 
     /// Prepare for fast CPU inference: stack q|k|v and gate|up into one projection each and
     /// prepack the matrices (incl. the lm_head; f32 only those ≥ 2¹⁸ elements) into oneDNN's
-    /// blocked layout (f32 and bf16, when the loaded libtorch has oneDNN). A no-op on CUDA. The dense
-    /// weights are kept for training and saving, so CPU inference holds the linear weights twice
+    /// blocked layout (f32 and bf16, when the loaded libtorch has oneDNN); for small models
+    /// (≤ 32M weights) also make the fused CPU step's transposed f32 weights
+    /// ([`Model::set_fused_decode`], docs/model.md). A no-op on CUDA. The dense weights are kept
+    /// for training and saving, so CPU inference holds the linear weights twice
     /// ([`PrepackStats::bytes`] says how much extra).
     ///
     /// The packed copies are used only while autograd is off (`tch::no_grad`) and are a
@@ -1258,15 +1262,23 @@ impl Model {
             stats.bytes += head.numel() * elt;
             stats.onednn += 1;
         }
+        // the fused step's weights: a snapshot like the packed copies
+        let fused = self.build_fused();
+        if let Some(f) = &fused {
+            stats.fused_step = true;
+            stats.bytes += f._owned.iter().map(|v| v.len() * 4).sum::<usize>();
+        }
+        self.fused = std::sync::OnceLock::from(fused);
         self.prepacked = true;
         tracing::debug!(?stats, "prepacked weights for CPU inference");
         Ok(stats)
     }
 
-    /// Whether one-token decode steps of an f32 CPU model may use the fused kernels (default
-    /// `true`; they run on x86-64 with AVX2 + FMA unless `LT_FUSED_DECODE=0`). The fused step
-    /// computes the same function with fewer, larger operations: results agree with the
-    /// libtorch path to float rounding, not bit for bit.
+    /// Whether cached inference steps of a prepacked small model may take the fused CPU step
+    /// (default `true`; it needs [`Model::prepack`], an f32 or bf16 model of at most 32M
+    /// weights on x86-64 with AVX2 + FMA, and not `LT_FUSED_DECODE=0`). The fused step computes
+    /// the same function in a few Rust kernels instead of libtorch operators: results agree
+    /// with the libtorch path to float rounding, not bit for bit.
     ///
     /// ```no_run
     /// # use lt_model::{Model, ModelConfig, Device, Kind};
@@ -1457,41 +1469,49 @@ impl Model {
     /// dense.
     fn fused_weights(&self, cache: &KvCache, tokens: usize) -> Option<&FusedWeights> {
         if !self.fused_decode
-            || !matches!(self.kind, Kind::Float | Kind::BFloat16)
-            || self.device() != Device::Cpu
             || cache.kind() != self.kind
             || cache.device() != Device::Cpu
-            || !crate::fused::available()
             || !fused_pays(tokens, self.cfg.dense_params())
         {
             return None;
         }
-        self.fused
-            .get_or_init(|| {
-                let mut wd = Widen::default();
-                let mut layers = Vec::with_capacity(self.layers.len());
-                for l in &self.layers {
-                    layers.push(FusedLayer {
-                        ln1: wd.slice(&l.ln1.w)?,
-                        eps1: l.ln1.eps as f32,
-                        ln2: wd.slice(&l.ln2.w)?,
-                        eps2: l.ln2.eps as f32,
-                        qkv: wd.stacked(&[&l.attn.q, &l.attn.k, &l.attn.v])?,
-                        o: wd.linear(&l.attn.o)?,
-                        gate_up: wd.stacked(&[&l.mlp.gate, &l.mlp.up])?,
-                        down: wd.linear(&l.mlp.down)?,
-                    });
-                }
-                Some(FusedWeights {
-                    embed: wd.slice(&self.embed)?,
-                    norm: wd.slice(&self.norm.w)?,
-                    norm_eps: self.norm.eps as f32,
-                    head: wd.transposed(self.lm_head())?,
-                    layers,
-                    _owned: wd.owned,
-                })
-            })
-            .as_ref()
+        self.fused.get().and_then(|f| f.as_ref())
+    }
+
+    /// The fused step's weights ([`Model::prepack`]): transposed / widened f32 copies, or `None`
+    /// where the fused step cannot run (not an f32 / bf16 CPU model, no AVX2 + FMA, larger than
+    /// [`FUSED_MAX_PARAMS`], `LT_FUSED_DECODE=0`, a weight not dense).
+    fn build_fused(&self) -> Option<FusedWeights> {
+        if !matches!(self.kind, Kind::Float | Kind::BFloat16)
+            || self.device() != Device::Cpu
+            || !crate::fused::available()
+            || self.cfg.dense_params() > FUSED_MAX_PARAMS
+        {
+            return None;
+        }
+        let _g = tch::no_grad_guard();
+        let mut wd = Widen::default();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(FusedLayer {
+                ln1: wd.slice(&l.ln1.w)?,
+                eps1: l.ln1.eps as f32,
+                ln2: wd.slice(&l.ln2.w)?,
+                eps2: l.ln2.eps as f32,
+                qkv: wd.stacked(&[&l.attn.q, &l.attn.k, &l.attn.v])?,
+                o: wd.linear(&l.attn.o)?,
+                gate_up: wd.stacked(&[&l.mlp.gate, &l.mlp.up])?,
+                down: wd.linear(&l.mlp.down)?,
+            });
+        }
+        Some(FusedWeights {
+            embed: wd.slice(&self.embed)?,
+            norm: wd.slice(&self.norm.w)?,
+            norm_eps: self.norm.eps as f32,
+            head: wd.transposed(self.lm_head())?,
+            layers,
+            _owned: wd.owned,
+        })
     }
 
     /// A small step ([`fused_pays`]: a decode step, a forced compression block, a small model's

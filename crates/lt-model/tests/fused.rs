@@ -8,6 +8,13 @@ use common::*;
 use lt_model::{AttnMask, Device, Kind, KvCache, Logits, Model, ModelConfig};
 use tch::Tensor;
 
+/// `m` prepared for inference: the fused step's weights made.
+fn prepacked(mut m: Model) -> Model {
+    let stats = m.prepack().unwrap();
+    assert!(stats.fused_step, "a small CPU model gets the fused step");
+    m
+}
+
 fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
     let mut qwen = ModelConfig::tiny_qwen2(97, 64, 2, 4, 2, 96); // q/k/v biases, d = 16
     qwen.initializer_range = 0.2;
@@ -63,7 +70,7 @@ fn close(a: &Tensor, b: &Tensor, what: &str) {
 fn fused_step_equals_libtorch_step() {
     let _g = tch::no_grad_guard();
     for (name, cfg, b) in configs() {
-        let fused = Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap();
+        let fused = prepacked(Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap());
         let mut plain = Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap();
         plain.set_fused_decode(false);
         let vocab = cfg.vocab_size as i64;
@@ -148,7 +155,7 @@ fn fused_step_equals_libtorch_step() {
 fn fused_greedy_matches_and_rows_are_independent() {
     let _g = tch::no_grad_guard();
     let (_, cfg, _) = configs().remove(2);
-    let fused = Model::random(&cfg, Device::Cpu, Kind::Float, 9).unwrap();
+    let fused = prepacked(Model::random(&cfg, Device::Cpu, Kind::Float, 9).unwrap());
     let mut plain = Model::random(&cfg, Device::Cpu, Kind::Float, 9).unwrap();
     plain.set_fused_decode(false);
     let b = 6usize;
@@ -215,7 +222,7 @@ fn fused_greedy_matches_and_rows_are_independent() {
 fn fused_bf16_is_as_accurate_as_libtorch_bf16() {
     let _g = tch::no_grad_guard();
     for (name, cfg, _) in configs() {
-        let fused = Model::random(&cfg, Device::Cpu, Kind::BFloat16, 3).unwrap();
+        let fused = prepacked(Model::random(&cfg, Device::Cpu, Kind::BFloat16, 3).unwrap());
         let mut plain = Model::random(&cfg, Device::Cpu, Kind::BFloat16, 3).unwrap();
         plain.set_fused_decode(false);
         let exact = Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
@@ -283,4 +290,43 @@ fn fused_bf16_is_as_accurate_as_libtorch_bf16() {
             );
         }
     }
+}
+
+/// The fused step is opt-in through `prepack` and gone after `unpack` (then a step is the
+/// libtorch path's, bit for bit); `set_fused_decode(false)` turns it off on a prepacked model.
+#[test]
+fn fused_step_follows_prepack() {
+    let _g = tch::no_grad_guard();
+    let (_, cfg, _) = configs().remove(0);
+    let mut m = prepacked(Model::random(&cfg, Device::Cpu, Kind::Float, 4).unwrap());
+    let plain = Model::random(&cfg, Device::Cpu, Kind::Float, 4).unwrap();
+    let step = |m: &Model| -> Tensor {
+        let mut c = m.new_cache(2, 16);
+        let ids = Tensor::from_slice(&ids(10, 0, cfg.vocab_size as i64, 8)).view([2, 5]);
+        let pos = Tensor::arange(5, (Kind::Int64, Device::Cpu)).repeat([2, 1]);
+        let _ = m
+            .forward(&ids, &pos, AttnMask::Causal, Some(&mut c), Logits::Last)
+            .unwrap();
+        let next = Tensor::from_slice(&[3i64, 4]).view([2, 1]);
+        let p = Tensor::from_slice(&[5i64, 5]).view([2, 1]);
+        m.forward(&next, &p, AttnMask::Causal, Some(&mut c), Logits::Last)
+            .unwrap()
+    };
+    let want = step(&plain);
+    close(&step(&m), &want, "prepacked");
+    m.set_fused_decode(false);
+    let off = step(&m);
+    m.set_fused_decode(true);
+    m.unpack();
+    let unpacked = step(&m);
+    assert_eq!(
+        max_diff(&unpacked, &want),
+        0.0,
+        "unpacked = libtorch path, bit for bit"
+    );
+    assert_eq!(
+        max_diff(&off, &want),
+        0.0,
+        "fused off = libtorch path, bit for bit"
+    );
 }
