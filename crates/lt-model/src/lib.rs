@@ -32,6 +32,7 @@ mod inference_mode;
 mod io;
 mod model;
 mod onednn;
+mod pair;
 mod rope;
 
 pub use cache::KvCache;

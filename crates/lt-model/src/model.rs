@@ -1667,12 +1667,12 @@ impl Model {
             let mut r1 = FusedRun::new(cfg, w, &step, s..n);
             if s % t == 0 {
                 // no row is split: each thread runs all its layers alone
-                rayon::join(|| r0.run_all(o0), || r1.run_all(o1));
+                crate::pair::join(|| r0.run_all(o0), || r1.run_all(o1));
             } else {
                 // phase B of a layer and phase A of the next need no one else's tokens: one
                 // synchronisation per layer
                 let layers = w.layers.len();
-                rayon::join(|| r0.phase_a(0), || r1.phase_a(0));
+                crate::pair::join(|| r0.phase_a(0), || r1.phase_a(0));
                 for li in 0..layers {
                     let step = |r: &mut FusedRun<'_>, out: &mut [f32]| {
                         r.phase_b(li);
@@ -1682,7 +1682,7 @@ impl Model {
                             r.finish(out);
                         }
                     };
-                    rayon::join(|| step(&mut r0, &mut *o0), || step(&mut r1, &mut *o1));
+                    crate::pair::join(|| step(&mut r0, &mut *o0), || step(&mut r1, &mut *o1));
                 }
             }
         } else {
