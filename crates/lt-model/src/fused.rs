@@ -1,12 +1,13 @@
-//! Fused kernels for the CPU decode step (f32, one new token per row).
+//! Kernels of the fused CPU step (norms, RoPE, SiLU, attention over the KV cache in place).
 //!
-//! A decode step of a small model is dominated by libtorch's per-operator cost (~1.5 µs for each
-//! of ~40 small operators per layer), not by arithmetic. [`crate::Model::forward`] therefore runs
-//! one-token steps of f32 CPU models through these kernels instead: per layer one call for
-//! RMSNorm → q/k/v projections → RoPE → append to the KV cache, libtorch's attention over the
-//! cache, and one call for o-projection → residual → RMSNorm → gated MLP → residual. The arithmetic
-//! is HF's (f32 throughout); only the summation order inside dot products differs from MKL's, so
-//! results agree to float rounding (tests: `tests/fused.rs`).
+//! A step of a small model is dominated by libtorch's per-operator cost (~1.5 µs for each of ~40
+//! small operators per layer), not by arithmetic. After [`crate::Model::prepack`],
+//! [`crate::Model::forward`] runs small steps (decode steps, compression blocks, a small model's
+//! prompts) entirely through these kernels and `gemm.rs`, one call per row: RMSNorm → q|k|v →
+//! RoPE → K/V written into the cache → attention over the row's slots → o-projection + residual →
+//! RMSNorm → gated MLP + residual → final norm → the asked logits. The arithmetic is HF's (f32;
+//! bf16 models rounded where HF rounds); only summation orders differ, so results agree with the
+//! libtorch path to float rounding (tests: `tests/fused.rs`).
 //!
 //! x86-64 with AVX2 + FMA (checked at run time); elsewhere, or with `LT_FUSED_DECODE=0`, the
 //! ordinary libtorch path runs.
