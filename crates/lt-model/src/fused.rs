@@ -77,7 +77,7 @@ pub(crate) fn rms_norm_bf16(x: &[f32], h: usize, w: &[f32], eps: f32, out: &mut 
 
 /// [`rope`] with HF's bf16 roundings: `bf16(bf16(x·cos) + bf16(roll(x)·sin))`.
 pub(crate) fn rope_bf16(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let r = |v: f32| f32::from_bits((bf16_bits(v) as u32) << 16);
+    let r = to_bf16;
     let half = x.len() / 2;
     let (lo, hi) = x.split_at_mut(half);
     for i in 0..half {
@@ -201,8 +201,13 @@ pub(crate) fn bf16_bits(x: f32) -> u16 {
 /// Round every value to the nearest bfloat16 (kept as f32).
 pub(crate) fn round_bf16(x: &mut [f32]) {
     for v in x {
-        *v = f32::from_bits((bf16_bits(*v) as u32) << 16);
+        *v = to_bf16(*v);
     }
+}
+
+/// `x` rounded to the nearest bfloat16 (kept as f32).
+fn to_bf16(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
 /// Element `i` of a K/V row as f32.

@@ -166,6 +166,23 @@ impl Linear {
     }
 }
 
+/// Projections of the same input stacked along `out` (detached copies): the weights, and a bias
+/// if any part has one (a missing one is zeros).
+fn stack_linears(parts: &[&Linear]) -> (Tensor, Option<Tensor>) {
+    let ws: Vec<Tensor> = parts.iter().map(|l| l.w.detach()).collect();
+    let b = parts.iter().any(|l| l.b.is_some()).then(|| {
+        let bs: Vec<Tensor> = parts
+            .iter()
+            .map(|l| match &l.b {
+                Some(b) => b.detach(),
+                None => Tensor::zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
+            })
+            .collect();
+        Tensor::cat(&bs, 0)
+    });
+    (Tensor::cat(&ws, 0), b)
+}
+
 /// An inference-only copy of several projections stacked along `out` (q|k|v or gate|up), made
 /// by [`Model::prepack`]: one matmul instead of three / two. oneDNN-packed when large, else
 /// dense.
@@ -178,19 +195,7 @@ struct FusedLinear {
 
 impl FusedLinear {
     fn new(parts: &[&Linear], onednn: bool) -> Result<Self, ModelError> {
-        let ws: Vec<Tensor> = parts.iter().map(|l| l.w.detach()).collect();
-        let w = Tensor::cat(&ws, 0);
-        // a bias if any part has one (a missing one is zeros)
-        let b = parts.iter().any(|l| l.b.is_some()).then(|| {
-            let bs: Vec<Tensor> = parts
-                .iter()
-                .map(|l| match &l.b {
-                    Some(b) => b.detach(),
-                    None => Tensor::zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
-                })
-                .collect();
-            Tensor::cat(&bs, 0)
-        });
+        let (w, b) = stack_linears(parts);
         if onednn && w.numel() >= pack_min_elements(w.kind()) {
             let p = crate::onednn::pack(&w)
                 .map_err(|e| ModelError::Input(format!("oneDNN prepack: {e}")))?;
@@ -460,7 +465,7 @@ struct FusedWeights {
     head: RawSlice,
     layers: Vec<FusedLayer>,
     /// The copies the slices point into.
-    _owned: Vec<Vec<f32>>,
+    owned: Vec<Vec<f32>>,
 }
 
 /// Makes [`RawSlice`]s of dense CPU weights, widening bf16 ones and transposing projections into
@@ -479,12 +484,7 @@ impl Widen {
             Kind::Float if t.is_contiguous() => Some(RawSlice::of(t)),
             Kind::BFloat16 => {
                 let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).ok()?;
-                let r = RawSlice {
-                    ptr: v.as_ptr(),
-                    len: v.len(),
-                };
-                self.owned.push(v); // moving the Vec does not move its heap buffer
-                Some(r)
+                Some(self.keep(v))
             }
             _ => None,
         }
@@ -500,30 +500,26 @@ impl Widen {
         Some((self.transposed(&l.w)?, b))
     }
 
-    /// Several projections of the same input stacked along their outputs (transposed, with
-    /// one bias where any has one; a missing one is zeros).
+    /// Several projections of the same input stacked along their outputs
+    /// ([`stack_linears`]): the transposed weight and an owned copy of the bias.
     fn stacked(&mut self, parts: &[&Linear]) -> Option<(RawSlice, Option<RawSlice>)> {
-        let w = Tensor::cat(&parts.iter().map(|l| l.w.detach()).collect::<Vec<_>>(), 0);
-        let wt = self.transposed(&w)?;
-        let b = if parts.iter().any(|l| l.b.is_some()) {
-            let mut all = Vec::new();
-            for l in parts {
-                let n = l.w.size().first().copied().unwrap_or(0) as usize;
-                match &l.b {
-                    Some(b) => all.extend(Vec::<f32>::try_from(b.to_kind(Kind::Float)).ok()?),
-                    None => all.extend(std::iter::repeat_n(0f32, n)),
-                }
-            }
-            let r = RawSlice {
-                ptr: all.as_ptr(),
-                len: all.len(),
-            };
-            self.owned.push(all);
-            Some(r)
-        } else {
-            None
+        let (w, b) = stack_linears(parts);
+        let b = match b {
+            Some(b) => Some(self.keep(Vec::<f32>::try_from(b.to_kind(Kind::Float)).ok()?)),
+            None => None,
         };
-        Some((wt, b))
+        Some((self.transposed(&w)?, b))
+    }
+
+    /// Hold `v` for the life of the weights and point at it (moving the Vec does not move its
+    /// heap buffer).
+    fn keep(&mut self, v: Vec<f32>) -> RawSlice {
+        let r = RawSlice {
+            ptr: v.as_ptr(),
+            len: v.len(),
+        };
+        self.owned.push(v);
+        r
     }
 
     fn transposed(&mut self, w: &Tensor) -> Option<RawSlice> {
@@ -532,13 +528,7 @@ impl Widen {
             return None;
         }
         let dense = Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-        let t = crate::gemm::transpose(&dense, n as usize, k as usize);
-        let r = RawSlice {
-            ptr: t.as_ptr(),
-            len: t.len(),
-        };
-        self.owned.push(t);
-        Some(r)
+        Some(self.keep(crate::gemm::transpose(&dense, n as usize, k as usize)))
     }
 }
 
@@ -1266,7 +1256,7 @@ impl Model {
         let fused = self.build_fused();
         if let Some(f) = &fused {
             stats.fused_step = true;
-            stats.bytes += f._owned.iter().map(|v| v.len() * 4).sum::<usize>();
+            stats.bytes += f.owned.iter().map(|v| v.len() * 4).sum::<usize>();
         }
         self.fused = std::sync::OnceLock::from(fused);
         self.prepacked = true;
@@ -1510,7 +1500,7 @@ impl Model {
             norm_eps: self.norm.eps as f32,
             head: wd.transposed(self.lm_head())?,
             layers,
-            _owned: wd.owned,
+            owned: wd.owned,
         })
     }
 
@@ -1616,13 +1606,11 @@ impl Model {
             logits,
             bf16,
         };
-        // multiply-adds of the step: weights once per token, attention over each context
-        let per_token = self.cfg.dense_params()
-            + self.cfg.num_hidden_layers
-                * 2
-                * self.cfg.num_attention_heads
-                * self.cfg.head_dim()
-                * keys;
+        // multiply-adds of the step: weights once per token, attention per key of each context
+        let dense = self.cfg.dense_params();
+        let attn =
+            self.cfg.num_hidden_layers * 2 * self.cfg.num_attention_heads * self.cfg.head_dim();
+        let per_token = dense + attn * keys;
         let n = b * t;
         let cfg = &self.cfg;
         let split = if b >= 2 {
@@ -1636,12 +1624,8 @@ impl Model {
             let s = if b >= 2 {
                 (b / 2) * t
             } else {
-                let attn = self.cfg.num_hidden_layers
-                    * 2
-                    * self.cfg.num_attention_heads
-                    * self.cfg.head_dim();
                 let cost = |i: usize| {
-                    self.cfg.dense_params()
+                    dense
                         + attn
                             * if mask_rows.is_some() {
                                 keys
