@@ -882,11 +882,7 @@ impl<'m> Generator<'m> {
         } else {
             logits
         };
-        let am = logits
-            .argmax(-1, false)
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Int64);
-        let am: Vec<i64> = Vec::<i64>::try_from(am.flatten(0, -1))?;
+        let am = argmax_rows(&logits)?;
         let tl = logits.size()[1] as usize;
         for (r, p) in plans.into_iter().enumerate() {
             let q = p.as_ref().map_or(0, |p| p.ids.len());
@@ -926,10 +922,95 @@ impl<'m> Generator<'m> {
     }
 }
 
+/// Greedy choice per position of `logits` (`[.., V]`, flattened): the first maximum, a NaN
+/// counting as the largest value — torch's `argmax`. CPU f32 / bf16 logits are read in place
+/// (a decode step's five libtorch calls cost more than the scan).
+fn argmax_rows(logits: &Tensor) -> Result<Vec<i64>, InferError> {
+    let v = logits.size().last().copied().unwrap_or(0) as usize;
+    let n = logits.numel();
+    if logits.device() == tch::Device::Cpu && logits.is_contiguous() && v > 0 {
+        match logits.kind() {
+            Kind::Float => {
+                // SAFETY: a contiguous CPU f32 tensor of n elements, alive for this borrow
+                let x = unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, n) };
+                return Ok(x
+                    .chunks_exact(v)
+                    .map(|r| first_max(r.iter().copied()))
+                    .collect());
+            }
+            Kind::BFloat16 => {
+                // SAFETY: as above, bf16 as its 16 bits
+                let x = unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const u16, n) };
+                return Ok(x
+                    .chunks_exact(v)
+                    .map(|r| first_max(r.iter().map(|&b| f32::from_bits((b as u32) << 16))))
+                    .collect());
+            }
+            _ => {}
+        }
+    }
+    let am = logits
+        .argmax(-1, false)
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Int64);
+    Ok(Vec::<i64>::try_from(am.flatten(0, -1))?)
+}
+
+/// Index of the first largest value (a NaN beats any number; the first NaN wins).
+fn first_max(x: impl Iterator<Item = f32>) -> i64 {
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0usize);
+    for (i, v) in x.enumerate() {
+        if i == 0 || v > best || (v.is_nan() && !best.is_nan()) {
+            best = v;
+            at = i;
+        }
+    }
+    at as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use lt_model::ModelConfig;
+
+    /// The in-place greedy choice is torch's argmax: first maximum on ties, NaN largest, for
+    /// f32 and bf16, and the libtorch path for other dtypes agrees.
+    #[test]
+    fn argmax_rows_matches_torch() {
+        let nan = f32::NAN;
+        let rows: Vec<f32> = vec![
+            1.0,
+            3.0,
+            3.0,
+            2.0, // tie: first
+            -5.0,
+            -1.0,
+            -1.0,
+            -7.0, // negatives
+            0.0,
+            nan,
+            4.0,
+            nan, // NaN wins, first NaN
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            2.0,
+            1.0,
+            0.5,
+            2.0,
+        ];
+        let t = Tensor::from_slice(&rows).view([5, 1, 4]);
+        let want: Vec<i64> = Vec::try_from(t.argmax(-1, false).flatten(0, -1)).unwrap();
+        assert_eq!(want, vec![1, 1, 1, 0, 0]);
+        assert_eq!(argmax_rows(&t).unwrap(), want);
+        assert_eq!(argmax_rows(&t.to_kind(Kind::BFloat16)).unwrap(), want);
+        assert_eq!(argmax_rows(&t.to_kind(Kind::Double)).unwrap(), want);
+        // a non-contiguous view goes through libtorch
+        let tt = Tensor::from_slice(&rows).view([4, 5]).transpose(0, 1);
+        let want: Vec<i64> = Vec::try_from(tt.argmax(-1, false)).unwrap();
+        assert_eq!(argmax_rows(&tt).unwrap(), want);
+    }
 
     fn plan(len: usize) -> Option<Planned> {
         Some(Planned {

@@ -9,8 +9,13 @@
 //! bf16 models rounded where HF rounds); only summation orders differ, so results agree with the
 //! libtorch path to float rounding (tests: `tests/fused.rs`).
 //!
-//! x86-64 with AVX2 + FMA (checked at run time); elsewhere, or with `LT_FUSED_DECODE=0`, the
-//! ordinary libtorch path runs.
+//! Attention reads the cache in place: scores, softmax and the weighted sum of values per query
+//! token and KV head, with AVX-512 kernels for head dims 16/32/64/128 (two query heads of a GQA
+//! group per pass over the keys, 16 dot products reduced by one shuffle tree) and AVX2 ones for
+//! other multiples of 8.
+//!
+//! x86-64 with AVX2 + FMA (checked at run time; AVX-512F used where present unless
+//! `LT_NO_AVX512=1`); elsewhere, or with `LT_FUSED_DECODE=0`, the ordinary libtorch path runs.
 use std::sync::OnceLock;
 
 /// Whether the fused decode kernels can run here (x86-64 AVX2 + FMA, not disabled by
@@ -243,16 +248,55 @@ pub(crate) unsafe fn attend_one(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attend_one_with(
+        Kern::best(d),
+        q,
+        g,
+        d,
+        k,
+        v,
+        elem,
+        slot,
+        len,
+        mask,
+        scale,
+        scores,
+        out,
+    )
+}
+
+/// [`attend_one`] with the given kernels (which the CPU must have).
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_one_with(
+    kern: Kern,
+    q: &[f32],
+    g: usize,
+    d: usize,
+    k: *const u8,
+    v: *const u8,
+    elem: KvElem,
+    slot: isize,
+    len: usize,
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let bytes = slot * elem.size() as isize;
     match elem {
-        KvElem::F32 => attend_one_t::<false>(q, g, d, k, v, bytes, len, mask, scale, scores, out),
-        KvElem::Bf16 => attend_one_t::<true>(q, g, d, k, v, bytes, len, mask, scale, scores, out),
+        KvElem::F32 => {
+            attend_one_t::<false>(kern, q, g, d, k, v, bytes, len, mask, scale, scores, out)
+        }
+        KvElem::Bf16 => {
+            attend_one_t::<true>(kern, q, g, d, k, v, bytes, len, mask, scale, scores, out)
+        }
     }
 }
 
 /// [`attend_one`] for one element type; `slot` in bytes.
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_one_t<const BF16: bool>(
+    kern: Kern,
     q: &[f32],
     g: usize,
     d: usize,
@@ -269,24 +313,23 @@ unsafe fn attend_one_t<const BF16: bool>(
         scores.resize(g * len, 0.0);
     }
     let scores = &mut scores[..g * len]; // every entry is written below
-    #[cfg(target_arch = "x86_64")]
-    let vector = d.is_multiple_of(8) && d <= 256 && available();
-    #[cfg(not(target_arch = "x86_64"))]
-    let vector = false;
-    if vector {
+    match kern {
         #[cfg(target_arch = "x86_64")]
-        avx2::scores::<BF16>(q, g, d, k, slot, len, scale, scores);
-    } else {
-        for j in 0..len {
-            let kr = k.offset(j as isize * slot);
-            for gi in 0..g {
-                let qr = &q[gi * d..(gi + 1) * d];
-                let s: f32 = qr
-                    .iter()
-                    .enumerate()
-                    .map(|(c, a)| a * kv_get::<BF16>(kr, c))
-                    .sum();
-                scores[gi * len + j] = s * scale;
+        Kern::Avx512 => avx512::scores::<BF16>(q, g, d, k, slot, len, scale, scores),
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx2 => avx2::scores::<BF16>(q, g, d, k, slot, len, scale, scores),
+        _ => {
+            for j in 0..len {
+                let kr = k.offset(j as isize * slot);
+                for gi in 0..g {
+                    let qr = &q[gi * d..(gi + 1) * d];
+                    let s: f32 = qr
+                        .iter()
+                        .enumerate()
+                        .map(|(c, a)| a * kv_get::<BF16>(kr, c))
+                        .sum();
+                    scores[gi * len + j] = s * scale;
+                }
             }
         }
     }
@@ -308,25 +351,28 @@ unsafe fn attend_one_t<const BF16: bool>(
     };
     for gi in 0..g {
         let row = &mut scores[gi * len..(gi + 1) * len];
-        let max = max_of(row);
+        let max = max_of(kern, row);
         if max == f32::NEG_INFINITY {
             row.fill(0.0); // every slot hidden: zeros
             inv[gi] = 0.0;
             continue;
         }
-        inv[gi] = 1.0 / exp_shift_sum(row, max);
+        inv[gi] = 1.0 / exp_shift_sum(kern, row, max);
     }
     out[..g * d].fill(0.0);
-    if vector {
+    match kern {
         #[cfg(target_arch = "x86_64")]
-        avx2::weighted_values::<BF16>(scores, g, d, v, slot, len, out);
-    } else {
-        for gi in 0..g {
-            let o = &mut out[gi * d..(gi + 1) * d];
-            for (j, &p) in scores[gi * len..(gi + 1) * len].iter().enumerate() {
-                let vr = v.offset(j as isize * slot);
-                for (c, a) in o.iter_mut().enumerate() {
-                    *a += p * kv_get::<BF16>(vr, c);
+        Kern::Avx512 => avx512::weighted_values::<BF16>(scores, g, d, v, slot, len, out),
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx2 => avx2::weighted_values::<BF16>(scores, g, d, v, slot, len, out),
+        _ => {
+            for gi in 0..g {
+                let o = &mut out[gi * d..(gi + 1) * d];
+                for (j, &p) in scores[gi * len..(gi + 1) * len].iter().enumerate() {
+                    let vr = v.offset(j as isize * slot);
+                    for (c, a) in o.iter_mut().enumerate() {
+                        *a += p * kv_get::<BF16>(vr, c);
+                    }
                 }
             }
         }
@@ -336,8 +382,49 @@ unsafe fn attend_one_t<const BF16: bool>(
     }
 }
 
-/// Largest value (`-inf` for an empty or all-`-inf` slice), 8 lanes at a time.
-fn max_of(x: &[f32]) -> f32 {
+/// Which attention kernels run for head dim `d`: AVX-512 for d = 16, 32, 64, 128; AVX2 for
+/// other multiples of 8 up to 256; else scalar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kern {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Kern {
+    fn best(d: usize) -> Kern {
+        if !available() {
+            Kern::Scalar
+        } else if matches!(d, 16 | 32 | 64 | 128) && crate::gemm::avx512() {
+            Kern::Avx512
+        } else if d.is_multiple_of(8) && d <= 256 {
+            Kern::Avx2
+        } else {
+            Kern::Scalar
+        }
+    }
+
+    /// This kernel for head dim `d` where the CPU has it, else the best one it has.
+    #[cfg(test)]
+    fn or_best(self, d: usize) -> Kern {
+        let best = Kern::best(d);
+        match (self, best) {
+            (Kern::Avx512, _) => best,
+            (Kern::Avx2, Kern::Avx512) if d.is_multiple_of(8) && d <= 256 => Kern::Avx2,
+            (Kern::Avx2, _) => best,
+            (Kern::Scalar, _) => Kern::Scalar,
+        }
+    }
+}
+
+/// Largest value (`-inf` for an empty or all-`-inf` slice).
+fn max_of(kern: Kern, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if kern == Kern::Avx512 {
+        // SAFETY: the kernel was chosen where the CPU has AVX-512F
+        return unsafe { avx512::max_of(x) };
+    }
+    let _ = kern;
     let mut m = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder();
@@ -358,20 +445,277 @@ fn max_of(x: &[f32]) -> f32 {
 }
 
 /// `x[i] = exp(x[i] - shift)`; returns the sum.
-fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
+fn exp_shift_sum(kern: Kern, x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        if available() {
-            // SAFETY: feature checked
-            return unsafe { avx2::exp_shift_sum(x, shift) };
-        }
+    match kern {
+        // SAFETY: the kernels were chosen where the CPU has them
+        Kern::Avx512 => return unsafe { avx512::exp_shift_sum(x, shift) },
+        Kern::Avx2 => return unsafe { avx2::exp_shift_sum(x, shift) },
+        Kern::Scalar => {}
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kern;
     let mut s = 0f32;
     for v in x.iter_mut() {
         *v = (*v - shift).exp();
         s += *v;
     }
     s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // lane / tile indices read clearer than zipped iterators
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// 16 K/V elements from `p + i` (f32 or bf16 bits) as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16<const BF16: bool>(p: *const u8, i: usize) -> __m512 {
+        if BF16 {
+            let h = _mm256_loadu_si256((p as *const u16).add(i) as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_loadu_ps((p as *const f32).add(i))
+        }
+    }
+
+    /// The lane sums of 16 vectors as one vector `[Σv0, …, Σv15]` (a transposing add tree:
+    /// 45 shuffles and adds, no horizontal instructions).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+        // pairs: per 128-bit lane [a0+a2, b0+b2, a1+a3, b1+b3]
+        let s: [__m512; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+        });
+        // quads: per 128-bit lane the partial sums of 4 vectors, in order
+        let u: [__m512; 4] = std::array::from_fn(|i| {
+            let (a, b) = (_mm512_castps_pd(s[2 * i]), _mm512_castps_pd(s[2 * i + 1]));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            )
+        });
+        // across the 128-bit lanes
+        let lanes = |a: __m512, b: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
+        };
+        lanes(lanes(u[0], u[1]), lanes(u[2], u[3]))
+    }
+
+    /// Lanes below `n` (of 16).
+    #[inline]
+    fn first(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// Scaled dot products of the `g` queries with `len` keys (see `super::attend_one`): two
+    /// heads × 8 keys at a time (each key load serves both heads; the 16 sums come out of one
+    /// add tree), a last odd head by the AVX2 kernel. A short last block repeats its last key
+    /// and is stored masked. `d` ∈ {16, 32, 64, 128}; `slot` in bytes.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores<const BF16: bool>(
+        q: &[f32],
+        g: usize,
+        d: usize,
+        k: *const u8,
+        slot: isize,
+        len: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let dv = d / 16;
+        let sc = _mm512_set1_ps(scale);
+        let out = scores.as_mut_ptr();
+        let mut gi = 0;
+        while gi + 2 <= g {
+            let (q0, q1) = (q.as_ptr().add(gi * d), q.as_ptr().add((gi + 1) * d));
+            let mut j = 0;
+            while j < len {
+                let n = (len - j).min(8);
+                let kr: [*const u8; 8] =
+                    std::array::from_fn(|t| k.offset((j + t.min(n - 1)) as isize * slot));
+                let mut a = [_mm512_setzero_ps(); 16];
+                for c in 0..dv {
+                    let (qa, qb) = (
+                        _mm512_loadu_ps(q0.add(c * 16)),
+                        _mm512_loadu_ps(q1.add(c * 16)),
+                    );
+                    for t in 0..8 {
+                        let kv = load16::<BF16>(kr[t], c * 16);
+                        a[t] = _mm512_fmadd_ps(qa, kv, a[t]);
+                        a[8 + t] = _mm512_fmadd_ps(qb, kv, a[8 + t]);
+                    }
+                }
+                let s = _mm512_mul_ps(hsum16(&a), sc);
+                _mm512_mask_storeu_ps(out.add(gi * len + j), first(n), s);
+                let hi = _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s);
+                _mm512_mask_storeu_ps(out.add((gi + 1) * len + j), first(n), hi);
+                j += 8;
+            }
+            gi += 2;
+        }
+        if gi < g {
+            // a lone head: the AVX2 kernel is faster (no second head to share the key loads
+            // with, and 8 lanes to reduce per key instead of 16); SAFETY: AVX-512 kernels are
+            // chosen only where AVX2 + FMA are present too
+            super::avx2::scores::<BF16>(
+                &q[gi * d..],
+                1,
+                d,
+                k,
+                slot,
+                len,
+                scale,
+                &mut scores[gi * len..],
+            );
+        }
+    }
+
+    /// `out[gi] = Σ_j p[gi, j] · v_j` for probabilities `p` (`g × len`); `d` ∈ {16, 32, 64,
+    /// 128}; `slot` in bytes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_values<const BF16: bool>(
+        p: &[f32],
+        g: usize,
+        d: usize,
+        v: *const u8,
+        slot: isize,
+        len: usize,
+        out: &mut [f32],
+    ) {
+        let (p, o) = (p.as_ptr(), out.as_mut_ptr());
+        let mut gi = 0;
+        // two heads at a time share each V load (four accumulator sets ≤ 16 registers)
+        if d <= 64 {
+            while gi + 2 <= g {
+                let (pp, op) = (p.add(gi * len), o.add(gi * d));
+                match d {
+                    16 => heads::<1, 2, BF16>(pp, len, v, slot, op, d),
+                    32 => heads::<2, 2, BF16>(pp, len, v, slot, op, d),
+                    _ => heads::<4, 2, BF16>(pp, len, v, slot, op, d),
+                }
+                gi += 2;
+            }
+        }
+        while gi < g {
+            let (pp, op) = (p.add(gi * len), o.add(gi * d));
+            match d {
+                16 => heads::<1, 1, BF16>(pp, len, v, slot, op, d),
+                32 => heads::<2, 1, BF16>(pp, len, v, slot, op, d),
+                64 => heads::<4, 1, BF16>(pp, len, v, slot, op, d),
+                _ => heads::<8, 1, BF16>(pp, len, v, slot, op, d),
+            }
+            gi += 1;
+        }
+    }
+
+    /// `H` heads (probability rows `p + h·len`, outputs `out + h·d`) of `d = 16 N`: the output
+    /// rows in registers, even and odd slots in separate accumulators (FMA latency).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn heads<const N: usize, const H: usize, const BF16: bool>(
+        p: *const f32,
+        len: usize,
+        v: *const u8,
+        slot: isize,
+        out: *mut f32,
+        d: usize,
+    ) {
+        let mut acc = [[[_mm512_setzero_ps(); N]; H]; 2];
+        let mut j = 0;
+        while j < len {
+            let pairs = if j + 2 <= len { 2 } else { 1 };
+            for par in 0..pairs {
+                let vp = v.offset((j + par) as isize * slot);
+                let vv: [__m512; N] = std::array::from_fn(|c| load16::<BF16>(vp, c * 16));
+                for h in 0..H {
+                    let pb = _mm512_set1_ps(*p.add(h * len + j + par));
+                    for c in 0..N {
+                        acc[par][h][c] = _mm512_fmadd_ps(pb, vv[c], acc[par][h][c]);
+                    }
+                }
+            }
+            j += 2;
+        }
+        for h in 0..H {
+            for c in 0..N {
+                _mm512_storeu_ps(
+                    out.add(h * d + c * 16),
+                    _mm512_add_ps(acc[0][h][c], acc[1][h][c]),
+                );
+            }
+        }
+    }
+
+    /// `exp(x)` for 16 lanes (the same Cephes polynomial as the AVX2 one).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp512(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(x, _mm512_set1_ps(88.376_26));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-88.376_26));
+        let fx = _mm512_fmadd_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(0.5),
+        );
+        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(fx);
+        let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693_359_4), x);
+        let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.121_944_4e-4), x);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.398_199_9e-3));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.333_452e-3));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.166_579_6e-2));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.666_666_5e-1));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(0.5));
+        let x2 = _mm512_mul_ps(x, x);
+        y = _mm512_fmadd_ps(y, x2, x);
+        y = _mm512_add_ps(y, _mm512_set1_ps(1.0));
+        let e = _mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+    }
+
+    /// `x[i] = exp(x[i] - shift)`, returning the sum.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
+        let (n, xp) = (x.len(), x.as_mut_ptr());
+        let (sh, ninf) = (_mm512_set1_ps(shift), _mm512_set1_ps(f32::NEG_INFINITY));
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let m = first(n - i);
+            // lanes past the end read as -inf: exp = 0
+            let e = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, xp.add(i)), sh));
+            _mm512_mask_storeu_ps(xp.add(i), m, e);
+            acc = _mm512_add_ps(acc, e);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// Largest value (`-inf` for an empty or all-`-inf` slice).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_of(x: &[f32]) -> f32 {
+        let (n, xp) = (x.len(), x.as_ptr());
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut m = ninf;
+        let mut i = 0;
+        while i < n {
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, first(n - i), xp.add(i)));
+            i += 16;
+        }
+        _mm512_reduce_max_ps(m)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -653,103 +997,115 @@ mod tests {
             (7, 64, 130, false),
             (2, 32, 19, true),
             (1, 12, 9, true),
+            (2, 32, 1, false),
+            (3, 32, 16, false),
+            (2, 32, 33, false),
+            (1, 128, 17, false),
+            (3, 128, 40, true),
+            (5, 64, 15, true),
+            (4, 16, 50, true),
+            (2, 48, 21, false),
         ] {
-            let slot = d + 4; // padding between slots
-            let q: Vec<f32> = (0..g * d).map(|_| rnd() * 3.0).collect();
-            let k: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
-            let v: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
-            let (kb, vb): (Vec<u16>, Vec<u16>) = (
-                k.iter().map(|&x| bf16_bits(x)).collect(),
-                v.iter().map(|&x| bf16_bits(x)).collect(),
-            );
-            let val = |buf: &[f32], bits: &[u16], i: usize| -> f64 {
-                if bf16 {
-                    f32::from_bits((bits[i] as u32) << 16) as f64
-                } else {
-                    buf[i] as f64
-                }
-            };
-            let mask: Vec<f32> = (0..len)
-                .map(|j| if j % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
-                .collect();
-            for masked in [false, true] {
-                let mut out = vec![0f32; g * d];
-                let (kp, vp, elem) = if bf16 {
-                    (
-                        kb.as_ptr() as *const u8,
-                        vb.as_ptr() as *const u8,
-                        KvElem::Bf16,
-                    )
-                } else {
-                    (
-                        k.as_ptr() as *const u8,
-                        v.as_ptr() as *const u8,
-                        KvElem::F32,
-                    )
+            for kern in [Kern::Avx512, Kern::Avx2, Kern::Scalar].map(|k| k.or_best(d)) {
+                let slot = d + 4; // padding between slots
+                let q: Vec<f32> = (0..g * d).map(|_| rnd() * 3.0).collect();
+                let k: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
+                let (kb, vb): (Vec<u16>, Vec<u16>) = (
+                    k.iter().map(|&x| bf16_bits(x)).collect(),
+                    v.iter().map(|&x| bf16_bits(x)).collect(),
+                );
+                let val = |buf: &[f32], bits: &[u16], i: usize| -> f64 {
+                    if bf16 {
+                        f32::from_bits((bits[i] as u32) << 16) as f64
+                    } else {
+                        buf[i] as f64
+                    }
                 };
-                let scale = 0.3;
-                let m = masked.then_some(&mask[..]);
+                let mask: Vec<f32> = (0..len)
+                    .map(|j| if j % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
+                    .collect();
+                for masked in [false, true] {
+                    let mut out = vec![0f32; g * d];
+                    let (kp, vp, elem) = if bf16 {
+                        (
+                            kb.as_ptr() as *const u8,
+                            vb.as_ptr() as *const u8,
+                            KvElem::Bf16,
+                        )
+                    } else {
+                        (
+                            k.as_ptr() as *const u8,
+                            v.as_ptr() as *const u8,
+                            KvElem::F32,
+                        )
+                    };
+                    let scale = 0.3;
+                    let m = masked.then_some(&mask[..]);
+                    unsafe {
+                        attend_one_with(
+                            kern,
+                            &q,
+                            g,
+                            d,
+                            kp,
+                            vp,
+                            elem,
+                            slot as isize,
+                            len,
+                            m,
+                            scale,
+                            &mut Vec::new(),
+                            &mut out,
+                        )
+                    };
+                    for gi in 0..g {
+                        let s: Vec<f64> = (0..len)
+                            .map(|j| {
+                                let dot: f64 = (0..d)
+                                    .map(|c| q[gi * d + c] as f64 * val(&k, &kb, j * slot + c))
+                                    .sum();
+                                dot * scale as f64 + m.map_or(0.0, |m| m[j] as f64)
+                            })
+                            .collect();
+                        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 = (0..len)
+                                .map(|j| e[j] * val(&v, &vb, j * slot + c))
+                                .sum::<f64>()
+                                / z;
+                            let got = out[gi * d + c] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "{kern:?} g{g} d{d} len{len} bf16 {bf16}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+                // a query that sees nothing
+                let hidden = vec![f32::NEG_INFINITY; len];
+                let mut out = vec![1f32; g * d];
                 unsafe {
-                    attend_one(
+                    attend_one_with(
+                        kern,
                         &q,
                         g,
                         d,
-                        kp,
-                        vp,
-                        elem,
+                        k.as_ptr() as *const u8,
+                        v.as_ptr() as *const u8,
+                        KvElem::F32,
                         slot as isize,
                         len,
-                        m,
-                        scale,
+                        Some(&hidden),
+                        0.3,
                         &mut Vec::new(),
                         &mut out,
                     )
                 };
-                for gi in 0..g {
-                    let s: Vec<f64> = (0..len)
-                        .map(|j| {
-                            let dot: f64 = (0..d)
-                                .map(|c| q[gi * d + c] as f64 * val(&k, &kb, j * slot + c))
-                                .sum();
-                            dot * scale as f64 + m.map_or(0.0, |m| m[j] as f64)
-                        })
-                        .collect();
-                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for c in 0..d {
-                        let want: f64 = (0..len)
-                            .map(|j| e[j] * val(&v, &vb, j * slot + c))
-                            .sum::<f64>()
-                            / z;
-                        let got = out[gi * d + c] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-5,
-                            "g{g} d{d} len{len} bf16 {bf16}: {got} vs {want}"
-                        );
-                    }
-                }
+                assert!(out.iter().all(|&x| x == 0.0));
             }
-            // a query that sees nothing
-            let hidden = vec![f32::NEG_INFINITY; len];
-            let mut out = vec![1f32; g * d];
-            unsafe {
-                attend_one(
-                    &q,
-                    g,
-                    d,
-                    k.as_ptr() as *const u8,
-                    v.as_ptr() as *const u8,
-                    KvElem::F32,
-                    slot as isize,
-                    len,
-                    Some(&hidden),
-                    0.3,
-                    &mut Vec::new(),
-                    &mut out,
-                )
-            };
-            assert!(out.iter().all(|&x| x == 0.0));
         }
     }
 

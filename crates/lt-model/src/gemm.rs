@@ -18,6 +18,12 @@ enum Isa {
     Scalar,
 }
 
+/// Whether the AVX-512 kernels (here and in `fused.rs`) are used: AVX-512F present and not
+/// disabled by `LT_NO_AVX512`.
+pub(crate) fn avx512() -> bool {
+    isa() == Isa::Avx512
+}
+
 fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
