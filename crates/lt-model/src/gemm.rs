@@ -2,14 +2,13 @@
 //! row-major), so that every output row is a sum of weight rows scaled by broadcast inputs: no
 //! horizontal reductions, one accumulator register per 16 (AVX-512) or 8 (AVX2) outputs.
 //!
-//! Register tiles: 4 input rows × 48 (AVX-512) / 24 (AVX2) outputs for prompts and batches,
-//! 1 row × 128 / 64 outputs for a single token (enough independent accumulators to keep both
-//! FMA pipes busy). Column tails use masked loads and stores. The instruction set is picked at
-//! run time (AVX-512F, else AVX2 + FMA, else scalar).
+//! Register tiles by the rows left: AVX-512 8 / 6 / 4 input rows × 48 outputs, 3 × 64, 2 × 96,
+//! 1 × 128; AVX2 4 × 24, 3 × 24, 2 × 32, 1 × 64 (enough independent accumulators to keep both
+//! FMA pipes busy; each tile streams its weight columns once, so tall tiles: a 10-token block
+//! is 8 + 2 rows, not 4 + 4 + 1 + 1). Column tails use masked loads and stores. The
+//! instruction set is picked at run time (AVX-512F, else AVX2 + FMA, else scalar). One thread:
+//! the fused step splits its work over threads itself.
 use std::sync::OnceLock;
-
-/// Multiply-adds above which a product is split over two threads (by output columns).
-const PAR_MIN_MACS: usize = 1 << 21;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Isa {
@@ -68,7 +67,7 @@ pub(crate) fn linear_t(
     if let Some(b) = bias {
         assert!(b.len() >= n);
     }
-    let run = |yp: &SendPtr, j0: usize, j1: usize| {
+    let run = |yp: *mut f32, j0: usize, j1: usize| {
         let a = Args {
             x: x.as_ptr(),
             m,
@@ -76,25 +75,14 @@ pub(crate) fn linear_t(
             wt: wt.as_ptr(),
             n,
             bias: bias.map(|b| b.as_ptr()),
-            y: yp.0,
+            y: yp,
             accumulate,
         };
         // SAFETY: bounds asserted above; each call writes only columns j0..j1 of y
         unsafe { cols(&a, j0, j1) }
     };
-    let yp = SendPtr(y.as_mut_ptr());
-    if m * n * k >= PAR_MIN_MACS && n >= 64 {
-        let half = (n / 2 + 15) & !15;
-        rayon::join(|| run(&yp, 0, half), || run(&yp, half, n));
-    } else {
-        run(&yp, 0, n);
-    }
+    run(y.as_mut_ptr(), 0, n);
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: the threads of `linear_t` write disjoint columns
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 struct Args {
     x: *const f32,
@@ -158,13 +146,33 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn cols(a: &Args, j0: usize, j1: usize) {
         let mut i = 0;
-        while i + 4 <= a.m {
-            tile_rows::<4, 3>(a, i, j0, j1);
-            i += 4;
-        }
         while i < a.m {
-            tile_rows::<1, 8>(a, i, j0, j1);
-            i += 1;
+            i += match a.m - i {
+                8.. => {
+                    tile_rows::<8, 3>(a, i, j0, j1);
+                    8
+                }
+                6 | 7 => {
+                    tile_rows::<6, 3>(a, i, j0, j1);
+                    6
+                }
+                4 | 5 => {
+                    tile_rows::<4, 3>(a, i, j0, j1);
+                    4
+                }
+                3 => {
+                    tile_rows::<3, 4>(a, i, j0, j1);
+                    3
+                }
+                2 => {
+                    tile_rows::<2, 6>(a, i, j0, j1);
+                    2
+                }
+                _ => {
+                    tile_rows::<1, 8>(a, i, j0, j1);
+                    1
+                }
+            };
         }
     }
 
@@ -228,13 +236,25 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn cols(a: &Args, j0: usize, j1: usize) {
         let mut i = 0;
-        while i + 4 <= a.m {
-            tile_rows::<4, 3>(a, i, j0, j1);
-            i += 4;
-        }
         while i < a.m {
-            tile_rows::<1, 8>(a, i, j0, j1);
-            i += 1;
+            i += match a.m - i {
+                4.. => {
+                    tile_rows::<4, 3>(a, i, j0, j1);
+                    4
+                }
+                3 => {
+                    tile_rows::<3, 3>(a, i, j0, j1);
+                    3
+                }
+                2 => {
+                    tile_rows::<2, 4>(a, i, j0, j1);
+                    2
+                }
+                _ => {
+                    tile_rows::<1, 8>(a, i, j0, j1);
+                    1
+                }
+            };
         }
     }
 
@@ -291,22 +311,14 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
-    /// Every tile shape and tail (m, n, k off the tile sizes), bias and accumulation, serial and
-    /// split over two threads, against an f64 reference; on every instruction set this CPU has.
+    /// Every row tile (1…8 rows left, and sums of them) and column tail (n off the tile widths),
+    /// bias and accumulation, against an f64 reference, on the instruction set this CPU uses.
     #[test]
     fn linear_t_matches_reference() {
         let mut seed = 7;
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (1, 5, 7),
-            (2, 17, 8),
-            (3, 9, 13),
-            (5, 130, 37),
-            (8, 37, 130),
-            (9, 300, 344),
-            (1, 1030, 128),
-            (16, 1030, 160),
-        ] {
+        let mut shapes = vec![(1, 1, 1), (1, 5, 7), (1, 1030, 128), (16, 1030, 160)];
+        shapes.extend((1..=17).map(|m| (m, 37 + 13 * m, 5 + 7 * m)));
+        for &(m, n, k) in &shapes {
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
             let wt = transpose(&w, n, k);
@@ -347,7 +359,14 @@ mod tests {
             return;
         }
         let mut seed = 3;
-        for &(m, n, k) in &[(1, 70, 9), (6, 33, 20), (4, 24, 5)] {
+        for &(m, n, k) in &[
+            (1, 70, 9),
+            (6, 33, 20),
+            (4, 24, 5),
+            (2, 41, 7),
+            (3, 50, 11),
+            (7, 90, 3),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let wt: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
             let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();

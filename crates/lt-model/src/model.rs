@@ -398,9 +398,11 @@ const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
 /// Multiply-adds and tokens of a one-row step from which its tokens are split over two threads
 /// (one synchronisation per layer instead of one per step: it takes more work to pay). Measured
 /// on a 2-layer width-64 model: 128-token prompts 1.0–1.3× faster split, 256 tokens 1.2–1.4×,
-/// 512 tokens 1.6×; a 10-token compression block of a 4-layer width-128 model is slower split.
+/// 512 tokens 1.6×; a 10-token compression block of a 4-layer width-128 model over ~700 cached
+/// tokens 270 → 213 µs split (on libtorch's OpenMP worker; with a thread of our own it was
+/// slower split).
 const FUSED_SPLIT_TOKENS_MIN_MACS: usize = 12 << 20;
-const FUSED_SPLIT_MIN_TOKENS: usize = 32;
+const FUSED_SPLIT_MIN_TOKENS: usize = 8;
 
 /// The shared inputs of one fused decode step ([`Model::forward_fused`]).
 struct FusedStep<'a> {
