@@ -6,10 +6,13 @@
 //! worker spins for a few milliseconds after every parallel region, so a step right after a
 //! libtorch operator (a prefill) or another step starts at once; a thread of our own would be a
 //! third runnable thread fighting that spinning worker for two cores (measured: an 8-row step of a
-//! 4-layer model 118 µs with libtorch single-threaded, 136 µs with both spinning).
+//! 4-layer model 136 µs with a thread of our own, 114 µs on the OpenMP worker).
 //!
-//! Without OpenMP (or with `LT_PAIR=helper`, or inside an OpenMP region, or with OpenMP limited
-//! to one thread) a helper thread of ours is used: it stays awake briefly between calls.
+//! When libtorch runs on one thread (`tch::set_num_threads(1)`, `OMP_NUM_THREADS=1`), inside an
+//! OpenMP region, or while another thread's step holds the team, both halves run on the calling
+//! thread. Without OpenMP (or with
+//! `LT_PAIR=helper`) a helper thread of ours is the second thread: it stays awake briefly between
+//! calls.
 //!
 //! A decode step of a small model takes ~0.1–0.2 ms; handing half of it to a sleeping thread pool
 //! costs tens of microseconds in wake-ups (measured: rayon's `join` from outside its pool made an
@@ -116,7 +119,6 @@ struct Omp {
     parallel: GompParallel,
     thread_num: OmpQuery,
     num_threads: OmpQuery,
-    max_threads: OmpQuery,
     in_parallel: OmpQuery,
 }
 
@@ -142,7 +144,6 @@ fn omp() -> Option<&'static Omp> {
             },
             thread_num: query(c"omp_get_thread_num")?,
             num_threads: query(c"omp_get_num_threads")?,
-            max_threads: query(c"omp_get_max_threads")?,
             in_parallel: query(c"omp_in_parallel")?,
         })
     })
@@ -201,21 +202,30 @@ where
     }
 }
 
-/// [`join`] on an OpenMP team of two (the helper when the runtime allows only one thread).
+/// [`join`] on an OpenMP team of two (both halves here when the runtime allows one thread).
 fn join_omp<A, B>(o: &'static Omp, a: A, b: B)
 where
     A: FnOnce(),
     B: FnOnce() + Send,
 {
-    // SAFETY: plain queries of the OpenMP runtime
-    let (inside, max) = unsafe { ((o.in_parallel)(), (o.max_threads)()) };
+    // SAFETY: a plain query of the OpenMP runtime
+    let inside = unsafe { (o.in_parallel)() };
+    // libtorch's view: its thread count applies to a thread lazily, at its first parallel
+    // operator, so a fresh thread's own OpenMP setting may not reflect `set_num_threads` yet
+    let max = tch::get_num_threads();
     if inside != 0 {
         a();
         b();
         return;
     }
-    if max < 2 {
-        return join_helper(a, b);
+    // one caller at a time takes a team: two generation threads each splitting their steps would
+    // put four busy threads on what is typically two cores
+    static TEAM_BUSY: AtomicBool = AtomicBool::new(false);
+    if max < 2 || TEAM_BUSY.swap(true, SeqCst) {
+        // this thread asked libtorch / OpenMP for one thread, or another caller has the team
+        a();
+        b();
+        return;
     }
     let mut job = OmpJob {
         a: std::cell::UnsafeCell::new(Some(a)),
@@ -234,6 +244,7 @@ where
             0,
         )
     };
+    TEAM_BUSY.store(false, SeqCst);
     if let Some(p) = job
         .a_panic
         .get_mut()
@@ -304,6 +315,9 @@ where
 mod tests {
     use super::*;
 
+    /// The tests below share the process-wide team and helper: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     fn join_via<A: FnOnce(), B: FnOnce() + Send>(helper: bool, a: A, b: B) {
         match (helper, omp()) {
             (false, Some(o)) => join_omp(o, a, b),
@@ -316,6 +330,7 @@ mod tests {
     /// the OpenMP team (when libtorch brought one) and on the helper.
     #[test]
     fn join_runs_both_and_recovers() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         for helper in [false, true] {
             for round in 0..200usize {
                 let mut left = vec![0usize; 64];
@@ -341,17 +356,22 @@ mod tests {
     }
 
     /// On the OpenMP team the halves really run at the same time on two threads: each waits for
-    /// the other to have started (run one after the other, this would time out).
+    /// the other to have started (run one after the other, this would time out) — also right
+    /// after a half panicked (the team is released). Meanwhile a second caller (another thread)
+    /// runs both of its halves itself instead of taking a second team.
     #[test]
     fn omp_halves_run_concurrently() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let Some(o) = omp() else {
             eprintln!("no OpenMP runtime in this process: skipped");
             return;
         };
-        if unsafe { (o.max_threads)() } < 2 {
+        if tch::get_num_threads() < 2 {
             eprintln!("OpenMP limited to one thread: skipped");
             return;
         }
+        let r = std::panic::catch_unwind(|| join_omp(o, || panic!("boom"), || ()));
+        assert!(r.is_err());
         let (a_in, b_in) = (AtomicBool::new(false), AtomicBool::new(false));
         let wait = |flag: &AtomicBool| {
             let t0 = Instant::now();
@@ -363,13 +383,22 @@ mod tests {
                 std::hint::spin_loop();
             }
         };
-        let (mut ta, mut tb) = (None, None);
+        let (mut ta, mut tb, mut other) = (None, None, (None, None));
         join_omp(
             o,
             || {
                 a_in.store(true, SeqCst);
                 wait(&b_in);
                 ta = Some(std::thread::current().id());
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        join_omp(
+                            o,
+                            || other.0 = Some(std::thread::current().id()),
+                            || other.1 = Some(std::thread::current().id()),
+                        )
+                    });
+                });
             },
             || {
                 b_in.store(true, SeqCst);
@@ -379,5 +408,9 @@ mod tests {
         );
         assert_eq!(ta, Some(std::thread::current().id()));
         assert!(tb.is_some() && tb != ta);
+        assert!(
+            other.0.is_some() && other.0 == other.1,
+            "the second caller ran inline"
+        );
     }
 }
