@@ -392,6 +392,9 @@ const FUSED_MAX_DENSE_MACS: usize = 128 << 20;
 /// all the step's tokens stream past it (our products do not block for caches beyond that).
 const FUSED_L2_MATRIX_BYTES: usize = 512 << 10;
 
+/// Largest explicit mask (query tokens × keys) a fused step takes: 64 MB of f32 rows.
+const FUSED_MAX_MASK_ELEMS: usize = 16 << 20;
+
 /// Multiply-adds of a fused decode step from which its rows are split over two threads.
 const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
 
@@ -1417,7 +1420,15 @@ impl Model {
         };
         if infer {
             if let Some(c) = cache.as_deref_mut() {
-                if let Some(w) = self.fused_weights(c, b as usize * t as usize) {
+                // an explicit mask becomes one f32 row of `keys` per query token there: keep
+                // that bounded (a long masked prompt goes through libtorch's SDPA instead)
+                let mask_elems = (b * t * keys) as usize;
+                let mask_fits =
+                    matches!(mask, AttnMask::Causal) || mask_elems <= FUSED_MAX_MASK_ELEMS;
+                if let Some(w) = self
+                    .fused_weights(c, b as usize * t as usize)
+                    .filter(|_| mask_fits)
+                {
                     // causal steps need no mask tensor: each query sees its row's slots
                     let attn_mask = match mask {
                         AttnMask::Causal => None,
