@@ -2,8 +2,8 @@
 //! row-major), so that every output row is a sum of weight rows scaled by broadcast inputs: no
 //! horizontal reductions, one accumulator register per 16 (AVX-512) or 8 (AVX2) outputs.
 //!
-//! Register tiles by the rows left: AVX-512 8 / 6 / 4 input rows × 48 outputs, 3 × 64, 2 × 96,
-//! 1 × 128; AVX2 4 × 24, 3 × 24, 2 × 32, 1 × 64 (enough independent accumulators to keep both
+//! Register tiles by the rows left: AVX-512 8 … 4 input rows × 48 outputs, 3 × 64, 2 × 96,
+//! 1 × 128 (so up to 8 rows in one pass); AVX2 4 × 24, 3 × 24, 2 × 32, 1 × 64 (enough independent accumulators to keep both
 //! FMA pipes busy; each tile streams its weight columns once, so tall tiles: a 10-token block
 //! is 8 + 2 rows, not 4 + 4 + 1 + 1). Column tails use masked loads and stores. The
 //! instruction set is picked at run time (AVX-512F, else AVX2 + FMA, else scalar). One thread:
@@ -152,11 +152,19 @@ mod avx512 {
                     tile_rows::<8, 3>(a, i, j0, j1);
                     8
                 }
-                6 | 7 => {
+                7 => {
+                    tile_rows::<7, 3>(a, i, j0, j1);
+                    7
+                }
+                6 => {
                     tile_rows::<6, 3>(a, i, j0, j1);
                     6
                 }
-                4 | 5 => {
+                5 => {
+                    tile_rows::<5, 3>(a, i, j0, j1);
+                    5
+                }
+                4 => {
                     tile_rows::<4, 3>(a, i, j0, j1);
                     4
                 }
