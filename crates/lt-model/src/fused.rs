@@ -229,45 +229,13 @@ unsafe fn kv_get<const BF16: bool>(p: *const u8, i: usize) -> f32 {
 /// over `len` cached slots (`k`, `v` point at slot 0 of a row's KV head, elements `elem`;
 /// `slot` = element stride between slots): `softmax(q·kᵀ · scale + mask) · v` into `out`
 /// (`g × d`), all in f32. `mask`: one additive value per slot (`-inf` hides it; a query that
-/// sees nothing gets zeros). `scores` is scratch space.
+/// sees nothing gets zeros). `scores` is scratch space. `kern`: [`Kern::best`] for `d` (or,
+/// in tests, a kernel the CPU has).
 ///
 /// # Safety
 /// `k` and `v` must be valid for `len` slots of `d` contiguous elements at stride `slot`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attend_one(
-    q: &[f32],
-    g: usize,
-    d: usize,
-    k: *const u8,
-    v: *const u8,
-    elem: KvElem,
-    slot: isize,
-    len: usize,
-    mask: Option<&[f32]>,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_one_with(
-        Kern::best(d),
-        q,
-        g,
-        d,
-        k,
-        v,
-        elem,
-        slot,
-        len,
-        mask,
-        scale,
-        scores,
-        out,
-    )
-}
-
-/// [`attend_one`] with the given kernels (which the CPU must have).
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_one_with(
     kern: Kern,
     q: &[f32],
     g: usize,
@@ -392,7 +360,8 @@ pub(crate) enum Kern {
 }
 
 impl Kern {
-    fn best(d: usize) -> Kern {
+    /// The fastest kernels this CPU has for head dim `d`.
+    pub(crate) fn best(d: usize) -> Kern {
         if !available() {
             Kern::Scalar
         } else if matches!(d, 16 | 32 | 64 | 128) && crate::gemm::avx512() {
@@ -1043,7 +1012,7 @@ mod tests {
                     let scale = 0.3;
                     let m = masked.then_some(&mask[..]);
                     unsafe {
-                        attend_one_with(
+                        attend_one(
                             kern,
                             &q,
                             g,
@@ -1088,7 +1057,7 @@ mod tests {
                 let hidden = vec![f32::NEG_INFINITY; len];
                 let mut out = vec![1f32; g * d];
                 unsafe {
-                    attend_one_with(
+                    attend_one(
                         kern,
                         &q,
                         g,

@@ -67,21 +67,18 @@ pub(crate) fn linear_t(
     if let Some(b) = bias {
         assert!(b.len() >= n);
     }
-    let run = |yp: *mut f32, j0: usize, j1: usize| {
-        let a = Args {
-            x: x.as_ptr(),
-            m,
-            k,
-            wt: wt.as_ptr(),
-            n,
-            bias: bias.map(|b| b.as_ptr()),
-            y: yp,
-            accumulate,
-        };
-        // SAFETY: bounds asserted above; each call writes only columns j0..j1 of y
-        unsafe { cols(&a, j0, j1) }
+    let a = Args {
+        x: x.as_ptr(),
+        m,
+        k,
+        wt: wt.as_ptr(),
+        n,
+        bias: bias.map(|b| b.as_ptr()),
+        y: y.as_mut_ptr(),
+        accumulate,
     };
-    run(y.as_mut_ptr(), 0, n);
+    // SAFETY: bounds asserted above
+    unsafe { cols(&a, 0, n) }
 }
 
 struct Args {

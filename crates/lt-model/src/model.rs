@@ -679,11 +679,12 @@ impl<'a> FusedRun<'a> {
     /// Phase B of layer `li`: attention over the cache, o-projection + residual, RMSNorm, gated
     /// MLP + residual. Every new slot this token may see must have been written (phase A).
     fn phase_b(&mut self, li: usize) {
-        use crate::fused::{attend_one, round_bf16, silu_mul_rounded};
+        use crate::fused::{attend_one, round_bf16, silu_mul_rounded, Kern};
         let (cfg, st, lw) = (self.cfg, self.st, &self.w.layers[li]);
         let (n, h, t) = (self.toks.len(), cfg.hidden_size, st.t);
         let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let g = heads / kvh;
+        let kern = Kern::best(d);
         let inter = cfg.intermediate_size;
         let scale = 1.0 / (d as f32).sqrt();
         let (kl, vl) = st.kv[li];
@@ -704,6 +705,7 @@ impl<'a> FusedRun<'a> {
                 // SAFETY: as in phase A; `len` slots of this row are written
                 unsafe {
                     attend_one(
+                        kern,
                         &self.qkv[qh..qh + g * d],
                         g,
                         d,
