@@ -395,7 +395,15 @@ const FUSED_L2_MATRIX_BYTES: usize = 512 << 10;
 /// Largest explicit mask (query tokens × keys) a fused step takes: 64 MB of f32 rows.
 const FUSED_MAX_MASK_ELEMS: usize = 16 << 20;
 
-/// Multiply-adds of a fused decode step from which its rows are split over two threads.
+/// Multiply-adds of a fused step from which it runs on two threads when its attention splits
+/// by kv heads ([`TeamStep`]): every product by columns (each thread streams half of the
+/// weights), the attention by heads. Measured for one-token steps over ~380 cached tokens: a
+/// width-128 4-layer model 57 → 35 µs per token, width 64 with 2 layers (~250k multiply-adds)
+/// 14.8 → 11.4 µs.
+const FUSED_SPLIT_HEADS_MIN_MACS: usize = 1 << 17;
+
+/// Multiply-adds of a fused step with several rows from which it runs on two threads when the
+/// attention cannot split by heads (rows split between the threads instead).
 const FUSED_SPLIT_MIN_MACS: usize = 1 << 21;
 
 /// Multiply-adds and tokens of a one-row step from which its tokens are split over two threads
@@ -409,8 +417,6 @@ const FUSED_SPLIT_MIN_TOKENS: usize = 8;
 
 /// The shared inputs of one fused decode step ([`Model::forward_fused`]).
 struct FusedStep<'a> {
-    /// `t` token ids per row.
-    ids: &'a [i64],
     /// New tokens per row.
     t: usize,
     /// RoPE tables, `head_dim` values per row.
@@ -471,8 +477,8 @@ struct FusedLayer {
     /// q | k | v stacked: one product per token, `heads·d + 2·kv_heads·d` outputs.
     qkv: (RawSlice, Option<RawSlice>),
     o: (RawSlice, Option<RawSlice>),
-    /// gate | up stacked: `2·intermediate` outputs.
-    gate_up: (RawSlice, Option<RawSlice>),
+    gate: (RawSlice, Option<RawSlice>),
+    up: (RawSlice, Option<RawSlice>),
     down: (RawSlice, Option<RawSlice>),
 }
 
@@ -512,14 +518,14 @@ impl Widen {
         }
     }
 
-    /// A projection: its weight transposed to `[in, out]` (an owned f32 copy, the layout of
-    /// [`crate::gemm::linear_t`]) and its bias.
+    /// A projection: its weight packed for [`crate::gemm::linear_t`] (an owned f32 copy) and its
+    /// bias.
     fn linear(&mut self, l: &Linear) -> Option<(RawSlice, Option<RawSlice>)> {
         let b = match &l.b {
             Some(b) => Some(self.slice(b)?),
             None => None,
         };
-        Some((self.transposed(&l.w)?, b))
+        Some((self.packed(&l.w)?, b))
     }
 
     /// Several projections of the same input stacked along their outputs
@@ -530,7 +536,7 @@ impl Widen {
             Some(b) => Some(self.keep(Vec::<f32>::try_from(b.to_kind(Kind::Float)).ok()?)),
             None => None,
         };
-        Some((self.transposed(&w)?, b))
+        Some((self.packed(&w)?, b))
     }
 
     /// Hold `v` for the life of the weights and point at it (moving the Vec does not move its
@@ -544,87 +550,131 @@ impl Widen {
         r
     }
 
-    fn transposed(&mut self, w: &Tensor) -> Option<RawSlice> {
+    fn packed(&mut self, w: &Tensor) -> Option<RawSlice> {
         let (n, k) = w.size2().ok()?;
         if w.device() != Device::Cpu || !matches!(w.kind(), Kind::Float | Kind::BFloat16) {
             return None;
         }
         let dense = Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-        Some(self.keep(crate::gemm::transpose(&dense, n as usize, k as usize)))
+        let packed = crate::gemm::pack(&dense, n as usize, k as usize);
+        // on a cache line: each panel row is one line, never split over two
+        let mut buf = vec![0f32; packed.len() + 16];
+        let off = buf.as_ptr().align_offset(64).min(16);
+        buf[off..off + packed.len()].copy_from_slice(&packed);
+        let r = RawSlice {
+            ptr: buf[off..].as_ptr(),
+            len: packed.len(),
+        };
+        self.owned.push(buf);
+        Some(r)
     }
 }
 
-/// One thread's share of a [`FusedStep`]: the flattened query tokens `toks` (token `f` is token
-/// `f % t` of row `f / t`) and their activations, layer by layer. A layer is two phases: (A)
-/// RMSNorm, q/k/v, RoPE and the K/V written into the cache; (B) attention, o-projection, MLP.
-/// Phase B of a token reads the K/V of earlier tokens of its row; when a row's tokens are split
-/// over two threads, both must finish phase A before either starts phase B.
+/// An activation buffer of a [`TeamStep`] shared by its members: between two barriers each
+/// member writes only its own part (columns of rows, or rows) and reads only what no one writes.
+#[derive(Clone, Copy)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+    /// Floats from one row to the next.
+    ld: usize,
+}
+
+// SAFETY: members access disjoint parts between barriers (see `TeamStep`)
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Rows of `v`, `ld` floats apart.
+    fn of(v: &mut [f32], ld: usize) -> Self {
+        Shared {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            ld,
+        }
+    }
+
+    /// All of it, to read.
+    ///
+    /// # Safety
+    /// No member writes any of it until the reference is dropped.
+    unsafe fn all<'b>(&self) -> &'b [f32] {
+        std::slice::from_raw_parts(self.ptr, self.len)
+    }
+
+    /// Columns `cols` of row `r`, to write.
+    ///
+    /// # Safety
+    /// In bounds, and no one else accesses them until the reference is dropped.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn cols<'b>(&self, r: usize, cols: std::ops::Range<usize>) -> &'b mut [f32] {
+        debug_assert!(cols.start <= cols.end && r * self.ld + cols.end <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld + cols.start), cols.len())
+    }
+}
+
+/// A zeroed f32 buffer starting on a cache line (two members' parts of a row split on a
+/// 16-float boundary then never share a line).
+struct LineBuf {
+    v: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl LineBuf {
+    fn new(len: usize) -> Self {
+        let v = vec![0f32; len + 16];
+        let off = v.as_ptr().align_offset(64).min(16);
+        LineBuf { v, off, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [f32] {
+        &mut self.v[self.off..self.off + self.len]
+    }
+
+    fn shared(&mut self, ld: usize) -> Shared {
+        Shared::of(self.as_mut(), ld)
+    }
+}
+
+/// One fused step (every token `f` of the step: token `f % t` of row `f / t`) run by a team of
+/// one or two ([`crate::pair::team`]). With two members, every product is split by output
+/// columns — each member streams half of each weight matrix, all rows at once — and the
+/// attention by kv heads (each member its heads for every token; by tokens, whole rows where
+/// possible, when the kv heads do not split evenly). Members meet after the attention, the
+/// o-projection, the MLP's first half and its down-projection: 4 barriers per layer (5 or 6 when
+/// split by tokens). The RMSNorms are computed by both members for all rows (cheaper than a
+/// barrier). Products and roundings are per value, so the result does not depend on the split.
 ///
 /// bf16 models round to bf16 wherever HF's bf16 forward produces a bf16 tensor (after every
 /// projection, norm, RoPE product, activation and residual add; K/V stored as bf16); attention
 /// itself runs in f32 like libtorch's CPU SDPA.
-struct FusedRun<'a> {
+struct TeamStep<'a> {
     cfg: &'a ModelConfig,
     w: &'a FusedWeights,
     st: &'a FusedStep<'a>,
-    toks: std::ops::Range<usize>,
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    tmp: Vec<f32>,
+    /// Tokens of the step (`rows × t`).
+    n: usize,
+    /// Residual stream `[n, hidden]`.
+    x: Shared,
     /// q | k | v per token (`heads·d + 2·kv_heads·d`).
-    qkv: Vec<f32>,
-    y: Vec<f32>,
-    /// gate | up per token.
-    gate_up: Vec<f32>,
-    act: Vec<f32>,
-    scores: Vec<f32>,
+    qkv: Shared,
+    /// Attention output `[n, heads·d]`.
+    y: Shared,
+    /// MLP gate and up projections `[n, intermediate]`.
+    gate: Shared,
+    up: Shared,
+    act: Shared,
+    /// bf16 residuals: the rounded projection before the add.
+    tmp: Shared,
+    /// The step's output (logits or hidden states).
+    out: Shared,
+    /// The attention is split by kv heads; else by tokens, member 0 taking `..cut`.
+    by_heads: bool,
+    cut: usize,
 }
 
-impl<'a> FusedRun<'a> {
-    fn new(
-        cfg: &'a ModelConfig,
-        w: &'a FusedWeights,
-        st: &'a FusedStep<'a>,
-        toks: std::ops::Range<usize>,
-    ) -> Self {
-        let n = toks.len();
-        let h = cfg.hidden_size;
-        let (qd, kvd) = (
-            cfg.num_attention_heads * cfg.head_dim(),
-            cfg.kv_heads() * cfg.head_dim(),
-        );
-        let inter = cfg.intermediate_size;
-        let embed = w.embed.get();
-        let mut x = vec![0f32; n * h];
-        for (r, &id) in st.ids[toks.clone()].iter().enumerate() {
-            let id = id as usize;
-            x[r * h..(r + 1) * h].copy_from_slice(&embed[id * h..(id + 1) * h]);
-        }
-        FusedRun {
-            cfg,
-            w,
-            st,
-            toks,
-            x,
-            xn: vec![0f32; n * h],
-            tmp: vec![0f32; if st.bf16 { n * h } else { 0 }],
-            qkv: vec![0f32; n * (qd + 2 * kvd)],
-            y: vec![0f32; n * qd],
-            gate_up: vec![0f32; n * 2 * inter],
-            act: vec![0f32; n * inter],
-            scores: Vec::new(),
-        }
-    }
-
-    /// Every layer and the output, without waiting for anyone (no row split across threads).
-    fn run_all(&mut self, out: &mut [f32]) {
-        for li in 0..self.w.layers.len() {
-            self.phase_a(li);
-            self.phase_b(li);
-        }
-        self.finish(out);
-    }
-
+impl TeamStep<'_> {
     fn norm(&self, x: &[f32], wt: &[f32], eps: f32, out: &mut [f32]) {
         let h = self.cfg.hidden_size;
         if self.st.bf16 {
@@ -634,206 +684,267 @@ impl<'a> FusedRun<'a> {
         }
     }
 
-    /// Phase A of layer `li`: RMSNorm, q/k/v (rounded), RoPE, K/V into the cache.
-    fn phase_a(&mut self, li: usize) {
-        use crate::fused::{rope, rope_bf16};
-        let (cfg, st, lw) = (self.cfg, self.st, &self.w.layers[li]);
-        let (n, h, t) = (self.toks.len(), cfg.hidden_size, st.t);
-        let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let (kl, vl) = st.kv[li];
-        let mut xn = std::mem::take(&mut self.xn);
-        self.norm(&self.x, lw.ln1.get(), lw.eps1, &mut xn);
-        proj(&xn, n, h, &lw.qkv, &mut self.qkv, st.bf16);
-        self.xn = xn;
-        let (qd, kvd) = (heads * d, kvh * d);
-        for (tok, f) in self
-            .qkv
-            .chunks_exact_mut(qd + 2 * kvd)
-            .zip(self.toks.clone())
-        {
-            let (row, i) = (f / t, f % t);
-            let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
-            let rot = |x: &mut [f32]| {
-                if st.bf16 {
-                    rope_bf16(x, c, s)
-                } else {
-                    rope(x, c, s)
-                }
-            };
-            let (q, kv) = tok.split_at_mut(qd);
-            let (k, v) = kv.split_at_mut(kvd);
-            q.chunks_exact_mut(d).for_each(rot);
-            for (gk, (kh, vh)) in k.chunks_exact_mut(d).zip(v.chunks_exact(d)).enumerate() {
-                rot(kh);
-                // SAFETY: row < batch, gk < kv_heads, slot < lens + t <= capacity (checked
-                // when the layouts were taken); each token's slot is written by one thread
-                unsafe {
-                    let slot = st.lens[row] + i;
-                    kl.write(row, gk, slot, kh);
-                    vl.write(row, gk, slot, vh);
-                }
+    /// Columns `cols` of `out = x Wᵀ + b` (`m` rows of `k`, `ldx` apart; `out` `width` wide),
+    /// rounded for bf16 models.
+    ///
+    /// # Safety
+    /// No one else accesses columns `cols` of `out` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        &self,
+        x: &[f32],
+        ldx: usize,
+        m: usize,
+        k: usize,
+        l: &(RawSlice, Option<RawSlice>),
+        out: Shared,
+        width: usize,
+        cols: std::ops::Range<usize>,
+    ) {
+        let (w, b) = (l.0.get(), bias(l));
+        crate::gemm::linear_t_cols(
+            x,
+            ldx,
+            m,
+            k,
+            w,
+            width,
+            b,
+            out.ptr,
+            out.ld,
+            false,
+            cols.clone(),
+        );
+        if self.st.bf16 {
+            for r in 0..m {
+                crate::fused::round_bf16(out.cols(r, cols.clone()));
             }
         }
     }
 
-    /// Phase B of layer `li`: attention over the cache, o-projection + residual, RMSNorm, gated
-    /// MLP + residual. Every new slot this token may see must have been written (phase A).
-    fn phase_b(&mut self, li: usize) {
-        use crate::fused::{attend_one, round_bf16, silu_mul_rounded, Kern};
-        let (cfg, st, lw) = (self.cfg, self.st, &self.w.layers[li]);
-        let (n, h, t) = (self.toks.len(), cfg.hidden_size, st.t);
+    /// Columns `cols` of the residual stream: `x += input Wᵀ + b` (`input`: `n` rows of `k`);
+    /// bf16 like HF: the projection rounded, then the sum rounded.
+    ///
+    /// # Safety
+    /// No one else accesses columns `cols` of `x` (and `tmp`) meanwhile.
+    unsafe fn residual(
+        &self,
+        input: Shared,
+        k: usize,
+        l: &(RawSlice, Option<RawSlice>),
+        cols: std::ops::Range<usize>,
+    ) {
+        let (n, h) = (self.n, self.cfg.hidden_size);
+        let (x_in, ld) = (input.all(), input.ld);
+        if self.st.bf16 {
+            self.product(x_in, ld, n, k, l, self.tmp, h, cols.clone());
+            for r in 0..n {
+                let x = self.x.cols(r, cols.clone());
+                for (a, b) in x.iter_mut().zip(self.tmp.cols(r, cols.clone()).iter()) {
+                    *a += b;
+                }
+                crate::fused::round_bf16(x);
+            }
+        } else {
+            let (w, b) = (l.0.get(), bias(l));
+            crate::gemm::linear_t_cols(x_in, ld, n, k, w, h, b, self.x.ptr, self.x.ld, true, cols);
+        }
+    }
+
+    /// Member `m`'s share of the whole step (a team of one: all of it).
+    fn run(&self, m: &crate::pair::Member<'_>) {
+        use crate::fused::{attend_one, rope, rope_bf16, silu_mul_rounded, Kern};
+        let (cfg, st, n) = (self.cfg, self.st, self.n);
+        let (h, t, inter) = (cfg.hidden_size, st.t, cfg.intermediate_size);
         let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let g = heads / kvh;
+        let (qd, kvd) = (heads * d, kvh * d);
+        let qkv_w = qd + 2 * kvd;
         let kern = Kern::best(d);
-        let inter = cfg.intermediate_size;
         let scale = 1.0 / (d as f32).sqrt();
-        let (kl, vl) = st.kv[li];
-        for (j, f) in self.toks.clone().enumerate() {
-            let (row, i) = (f / t, f % t);
-            let (len, mask) = match st.mask {
-                Some(m) => {
-                    let len = st.lens[row] + t;
-                    let at = f * st.keys;
-                    (len, Some(&m[at..at + len]))
+        let two = m.count > 1;
+        let (my_heads, my_toks) = match (two, self.by_heads, m.index) {
+            (false, ..) => (0..kvh, 0..n),
+            (true, true, _) => (m.part(kvh, 1), 0..n),
+            (true, false, 0) => (0..kvh, 0..self.cut),
+            (true, false, _) => (0..kvh, self.cut..n),
+        };
+        // a row whose tokens both members attend for: its K/V must be complete first
+        let split_row = two && !self.by_heads && !self.cut.is_multiple_of(t);
+        let (hq, hk) = (
+            my_heads.start * g * d..my_heads.end * g * d,
+            my_heads.start * d..my_heads.end * d,
+        );
+        let mut xn = vec![0f32; n * h];
+        let mut scores = Vec::new();
+        // SAFETY (every `Shared` access below): the parts named in each comment are this
+        // member's alone between the barriers around them; reads of a whole buffer come after
+        // the barrier that completes it and before anyone writes it again
+        unsafe {
+            for (li, lw) in self.w.layers.iter().enumerate() {
+                let (kl, vl) = st.kv[li];
+                // q / k / v: this member's heads (split by heads), else its half of the columns
+                self.norm(self.x.all(), lw.ln1.get(), lw.eps1, &mut xn);
+                if !two || !self.by_heads {
+                    let c = if two { m.part(qkv_w, 16) } else { 0..qkv_w };
+                    self.product(&xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
+                    if two {
+                        m.sync();
+                    }
+                } else {
+                    for c in [
+                        hq.clone(),
+                        qd + hk.start..qd + hk.end,
+                        qd + kvd + hk.start..qd + kvd + hk.end,
+                    ] {
+                        self.product(&xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
+                    }
                 }
-                None => (st.lens[row] + i + 1, None),
-            };
-            let stride = (heads + 2 * kvh) * d;
-            for gk in 0..kvh {
-                let qh = j * stride + gk * g * d;
-                let yh = (j * heads + gk * g) * d;
-                // SAFETY: as in phase A; `len` slots of this row are written
-                unsafe {
-                    attend_one(
-                        kern,
-                        &self.qkv[qh..qh + g * d],
-                        g,
-                        d,
-                        kl.at(row, gk, 0),
-                        vl.at(row, gk, 0),
-                        kl.elem,
-                        kl.slot,
-                        len,
-                        mask,
-                        scale,
-                        &mut self.scores,
-                        &mut self.y[yh..yh + g * d],
-                    );
+                // RoPE and the new K/V into the cache: own heads of own tokens
+                for f in my_toks.clone() {
+                    let (row, i) = (f / t, f % t);
+                    let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
+                    let rot = |x: &mut [f32]| {
+                        if st.bf16 {
+                            rope_bf16(x, c, s)
+                        } else {
+                            rope(x, c, s)
+                        }
+                    };
+                    self.qkv
+                        .cols(f, hq.clone())
+                        .chunks_exact_mut(d)
+                        .for_each(rot);
+                    let k = self.qkv.cols(f, qd + hk.start..qd + hk.end);
+                    let v = self.qkv.cols(f, qd + kvd + hk.start..qd + kvd + hk.end);
+                    for (gk, (kh, vh)) in my_heads
+                        .clone()
+                        .zip(k.chunks_exact_mut(d).zip(v.chunks_exact(d)))
+                    {
+                        rot(kh);
+                        // in bounds: row < batch, gk < kv_heads, slot < lens + t <= capacity
+                        // (checked when the layouts were taken)
+                        let slot = st.lens[row] + i;
+                        kl.write(row, gk, slot, kh);
+                        vl.write(row, gk, slot, vh);
+                    }
                 }
+                if split_row {
+                    m.sync();
+                }
+                // attention: own heads of own tokens, into their columns of y
+                for f in my_toks.clone() {
+                    let (row, i) = (f / t, f % t);
+                    let (len, mask) = match st.mask {
+                        Some(mk) => {
+                            let len = st.lens[row] + t;
+                            let at = f * st.keys;
+                            (len, Some(&mk[at..at + len]))
+                        }
+                        None => (st.lens[row] + i + 1, None),
+                    };
+                    for gk in my_heads.clone() {
+                        let q = self.qkv.cols(f, gk * g * d..(gk + 1) * g * d);
+                        let y = self.y.cols(f, gk * g * d..(gk + 1) * g * d);
+                        attend_one(
+                            kern,
+                            q,
+                            g,
+                            d,
+                            kl.at(row, gk, 0),
+                            vl.at(row, gk, 0),
+                            kl.elem,
+                            kl.slot,
+                            len,
+                            mask,
+                            scale,
+                            &mut scores,
+                            y,
+                        );
+                        if st.bf16 {
+                            crate::fused::round_bf16(y);
+                        }
+                    }
+                }
+                m.sync();
+                // o-projection + residual: own columns of x
+                self.residual(self.y, qd, &lw.o, m.part(h, 16));
+                m.sync();
+                // MLP first half: own columns of gate and of up, SiLU(gate)·up
+                self.norm(self.x.all(), lw.ln2.get(), lw.eps2, &mut xn);
+                let gc = m.part(inter, 16);
+                self.product(&xn, h, n, h, &lw.gate, self.gate, inter, gc.clone());
+                self.product(&xn, h, n, h, &lw.up, self.up, inter, gc.clone());
+                for r in 0..n {
+                    let gate = self.gate.cols(r, gc.clone());
+                    let up = self.up.cols(r, gc.clone());
+                    silu_mul_rounded(gate, up, self.act.cols(r, gc.clone()), st.bf16);
+                }
+                m.sync();
+                // down-projection + residual: own columns of x
+                self.residual(self.act, inter, &lw.down, m.part(h, 16));
+                m.sync();
             }
+            self.finish(m, &mut xn);
         }
-        if st.bf16 {
-            round_bf16(&mut self.y);
-        }
-        residual(
-            &mut self.x,
-            &self.y,
-            n,
-            heads * d,
-            &lw.o,
-            &mut self.tmp,
-            st.bf16,
-        );
-        let mut xn = std::mem::take(&mut self.xn);
-        self.norm(&self.x, lw.ln2.get(), lw.eps2, &mut xn);
-        proj(&xn, n, h, &lw.gate_up, &mut self.gate_up, st.bf16);
-        self.xn = xn;
-        for (gu, a) in self
-            .gate_up
-            .chunks_exact(2 * inter)
-            .zip(self.act.chunks_exact_mut(inter))
-        {
-            silu_mul_rounded(&gu[..inter], &gu[inter..], a, st.bf16);
-        }
-        residual(
-            &mut self.x,
-            &self.act,
-            n,
-            inter,
-            &lw.down,
-            &mut self.tmp,
-            st.bf16,
-        );
     }
 
-    /// The final norm and the asked output of this share's tokens into `out`: every token
-    /// (logits or hidden states), or the logits of the rows whose last token is here.
-    fn finish(&mut self, out: &mut [f32]) {
-        use crate::gemm::linear_t;
-        let (h, t, vocab) = (self.cfg.hidden_size, self.st.t, self.cfg.vocab_size);
-        let n = self.toks.len();
+    /// The final norm and the asked output: hidden states (own rows), or logits (own columns
+    /// of the vocabulary) of every token or of each row's last one.
+    ///
+    /// # Safety
+    /// After the last layer's barrier.
+    unsafe fn finish(&self, m: &crate::pair::Member<'_>, xn: &mut [f32]) {
+        let (h, t, vocab, n) = (self.cfg.hidden_size, self.st.t, self.cfg.vocab_size, self.n);
         let (norm, eps) = (self.w.norm.get(), self.w.norm_eps);
-        let mut xn = std::mem::take(&mut self.xn);
+        let x = self.x.all();
+        let cols = m.part(vocab, 16);
         match self.st.logits {
-            Logits::None => self.norm(&self.x, norm, eps, out),
+            Logits::None => {
+                let rows = m.part(n, 1);
+                // rows `rows` (each `h` wide) as one run of floats
+                let out = self.out.cols(rows.start, 0..rows.len() * h);
+                self.norm(&x[rows.start * h..rows.end * h], norm, eps, out);
+            }
             Logits::All => {
-                self.norm(&self.x, norm, eps, &mut xn);
-                linear_t(&xn, n, h, self.w.head.get(), vocab, None, out, false);
+                self.norm(x, norm, eps, xn);
+                let head = self.w.head.get();
+                crate::gemm::linear_t_cols(
+                    xn,
+                    h,
+                    n,
+                    h,
+                    head,
+                    vocab,
+                    None,
+                    self.out.ptr,
+                    vocab,
+                    false,
+                    cols,
+                );
             }
             Logits::Last => {
-                let last: Vec<f32> = self
-                    .toks
-                    .clone()
-                    .enumerate()
-                    .filter(|&(_, f)| f % t == t - 1)
-                    .flat_map(|(j, _)| self.x[j * h..(j + 1) * h].iter().copied())
+                let b = n / t;
+                let last: Vec<f32> = (0..b)
+                    .flat_map(|r| x[(r * t + t - 1) * h..(r * t + t) * h].iter().copied())
                     .collect();
-                let b = last.len() / h;
-                if b > 0 {
-                    self.norm(&last, norm, eps, &mut xn[..b * h]);
-                    linear_t(
-                        &xn[..b * h],
-                        b,
-                        h,
-                        self.w.head.get(),
-                        vocab,
-                        None,
-                        out,
-                        false,
-                    );
-                }
+                self.norm(&last, norm, eps, &mut xn[..b * h]);
+                let head = self.w.head.get();
+                crate::gemm::linear_t_cols(
+                    &xn[..b * h],
+                    h,
+                    b,
+                    h,
+                    head,
+                    vocab,
+                    None,
+                    self.out.ptr,
+                    vocab,
+                    false,
+                    cols,
+                );
             }
         }
-        self.xn = xn;
-    }
-}
-
-/// `y = x Wᵀ + b` for `m` tokens (`l`: transposed weight, bias), rounded for bf16 models.
-fn proj(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    l: &(RawSlice, Option<RawSlice>),
-    y: &mut [f32],
-    bf16: bool,
-) {
-    let n = y.len() / m.max(1);
-    crate::gemm::linear_t(x, m, k, l.0.get(), n, bias(l), y, false);
-    if bf16 {
-        crate::fused::round_bf16(y)
-    }
-}
-
-/// `x += l(input)` (`x`: `m × out` residual stream); bf16 like HF: the projection rounded, then
-/// the sum rounded (`tmp` is scratch of `x`'s size).
-fn residual(
-    x: &mut [f32],
-    input: &[f32],
-    m: usize,
-    k: usize,
-    l: &(RawSlice, Option<RawSlice>),
-    tmp: &mut [f32],
-    bf16: bool,
-) {
-    let n = x.len() / m.max(1);
-    if bf16 {
-        proj(input, m, k, l, tmp, true);
-        for (a, b) in x.iter_mut().zip(tmp.iter()) {
-            *a += b;
-        }
-        crate::fused::round_bf16(x);
-    } else {
-        crate::gemm::linear_t(input, m, k, l.0.get(), n, bias(l), x, true);
     }
 }
 
@@ -1522,7 +1633,8 @@ impl Model {
                 eps2: l.ln2.eps as f32,
                 qkv: wd.stacked(&[&l.attn.q, &l.attn.k, &l.attn.v])?,
                 o: wd.linear(&l.attn.o)?,
-                gate_up: wd.stacked(&[&l.mlp.gate, &l.mlp.up])?,
+                gate: wd.linear(&l.mlp.gate)?,
+                up: wd.linear(&l.mlp.up)?,
                 down: wd.linear(&l.mlp.down)?,
             });
         }
@@ -1530,7 +1642,7 @@ impl Model {
             embed: wd.slice(&self.embed)?,
             norm: wd.slice(&self.norm.w)?,
             norm_eps: self.norm.eps as f32,
-            head: wd.transposed(self.lm_head())?,
+            head: wd.packed(self.lm_head())?,
             layers,
             owned: wd.owned,
         })
@@ -1538,9 +1650,9 @@ impl Model {
 
     /// A small step ([`fused_pays`]: a decode step, a forced compression block, a small model's
     /// prompt) through the fused f32 kernels; same contract and results (to float
-    /// rounding) as the libtorch path of [`Model::forward`]. Rows are independent: with enough
-    /// work the batch is split over two threads, each running every layer for its rows (one
-    /// synchronisation per step).
+    /// rounding) as the libtorch path of [`Model::forward`]. With enough work the step runs on
+    /// two threads ([`TeamStep`]: products split by columns, attention by kv heads), with the
+    /// same results as on one.
     #[allow(clippy::too_many_arguments)]
     fn forward_fused(
         &self,
@@ -1627,7 +1739,6 @@ impl Model {
             std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * per_row * width)
         };
         let step = FusedStep {
-            ids,
             t,
             cos: &cos,
             sin: &sin,
@@ -1645,64 +1756,79 @@ impl Model {
         let per_token = dense + attn * keys;
         let n = b * t;
         let cfg = &self.cfg;
-        let split = if b >= 2 {
+        // the attention by kv heads when they split evenly; else by tokens: whole rows when
+        // there are several, else the tokens of the one row cut where the (causal) work halves
+        // (each member's q / k / v columns must start on a weight panel: head_dim a multiple of 16)
+        let by_heads =
+            cfg.kv_heads().is_multiple_of(2) && cfg.head_dim().is_multiple_of(crate::gemm::PANEL);
+        let split = if by_heads {
+            n * per_token >= FUSED_SPLIT_HEADS_MIN_MACS
+        } else if b >= 2 {
             n * per_token >= FUSED_SPLIT_MIN_MACS
         } else {
             t >= FUSED_SPLIT_MIN_TOKENS && n * per_token >= FUSED_SPLIT_TOKENS_MIN_MACS
         };
-        if split {
-            // two threads: whole rows each when there are several, else the tokens of the
-            // one row split where the (causal) work halves
-            let s = if b >= 2 {
-                (b / 2) * t
-            } else {
-                let cost = |i: usize| {
-                    dense
-                        + attn
-                            * if mask_rows.is_some() {
-                                keys
-                            } else {
-                                lens_before[0] + i + 1
-                            }
-                };
-                let total: usize = (0..t).map(cost).sum();
-                let mut acc = 0;
-                let mut s = 0;
-                while s < t - 1 && 2 * (acc + cost(s)) <= total {
-                    acc += cost(s);
-                    s += 1;
-                }
-                s.max(1)
-            };
-            let split_out = match logits {
-                Logits::Last => (s / t) * width,
-                _ => s * width,
-            };
-            let (o0, o1) = os.split_at_mut(split_out);
-            let mut r0 = FusedRun::new(cfg, w, &step, 0..s);
-            let mut r1 = FusedRun::new(cfg, w, &step, s..n);
-            if s % t == 0 {
-                // no row is split: each thread runs all its layers alone
-                crate::pair::join(|| r0.run_all(o0), || r1.run_all(o1));
-            } else {
-                // phase B of a layer and phase A of the next need no one else's tokens: one
-                // synchronisation per layer
-                let layers = w.layers.len();
-                crate::pair::join(|| r0.phase_a(0), || r1.phase_a(0));
-                for li in 0..layers {
-                    let step = |r: &mut FusedRun<'_>, out: &mut [f32]| {
-                        r.phase_b(li);
-                        if li + 1 < layers {
-                            r.phase_a(li + 1);
-                        } else {
-                            r.finish(out);
-                        }
-                    };
-                    crate::pair::join(|| step(&mut r0, &mut *o0), || step(&mut r1, &mut *o1));
-                }
-            }
+        let cut = if by_heads {
+            0
+        } else if b >= 2 {
+            (b / 2) * t
         } else {
-            FusedRun::new(cfg, w, &step, 0..n).run_all(os);
+            let cost = |i: usize| {
+                dense
+                    + attn
+                        * if mask_rows.is_some() {
+                            keys
+                        } else {
+                            lens_before[0] + i + 1
+                        }
+            };
+            let total: usize = (0..t).map(cost).sum();
+            let mut acc = 0;
+            let mut s = 0;
+            while s < t - 1 && 2 * (acc + cost(s)) <= total {
+                acc += cost(s);
+                s += 1;
+            }
+            s.max(1)
+        };
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (
+            cfg.num_attention_heads * cfg.head_dim(),
+            cfg.kv_heads() * cfg.head_dim(),
+        );
+        // MLP activations in rows padded to whole cache lines (the members split them by columns)
+        let ild = inter.div_ceil(16) * 16;
+        let mut x = LineBuf::new(n * h);
+        for (xr, &id) in x.as_mut().chunks_exact_mut(h).zip(ids) {
+            let id = id as usize;
+            xr.copy_from_slice(&w.embed.get()[id * h..(id + 1) * h]);
+        }
+        let mut qkv = LineBuf::new(n * (qd + 2 * kvd));
+        let mut y = LineBuf::new(n * qd);
+        let mut gate = LineBuf::new(n * ild);
+        let mut up = LineBuf::new(n * ild);
+        let mut act = LineBuf::new(n * ild);
+        let mut tmp = LineBuf::new(if bf16 { n * h } else { 0 });
+        let run = TeamStep {
+            cfg,
+            w,
+            st: &step,
+            n,
+            x: x.shared(h),
+            qkv: qkv.shared(qd + 2 * kvd),
+            y: y.shared(qd),
+            gate: gate.shared(ild),
+            up: up.shared(ild),
+            act: act.shared(ild),
+            tmp: tmp.shared(h),
+            out: Shared::of(os, width),
+            by_heads,
+            cut,
+        };
+        if split {
+            crate::pair::team(|m| run.run(m));
+        } else {
+            run.run(&crate::pair::Member::solo());
         }
         let rows: Vec<Vec<i64>> = pos_rows.chunks(t).map(|r| r.to_vec()).collect();
         cache.commit(&rows);

@@ -1,5 +1,5 @@
-//! Run two closures at once — one on the calling thread, one on a second thread — for the fused
-//! step's two-way splits.
+//! A team of two for the fused step: one closure run at once on the calling thread and on a
+//! second thread, its two members meeting at a barrier ([`team`], [`Member::sync`]).
 //!
 //! The second thread is libtorch's own OpenMP worker when the process has GNU OpenMP (libtorch's
 //! CPU builds link `libgomp`): `GOMP_parallel` with a team of two, found at run time. libgomp's
@@ -9,16 +9,16 @@
 //! 4-layer model 136 µs with a thread of our own, 114 µs on the OpenMP worker).
 //!
 //! When libtorch runs on one thread (`tch::set_num_threads(1)`, `OMP_NUM_THREADS=1`), inside an
-//! OpenMP region, or while another thread's step holds the team, both halves run on the calling
-//! thread. Without OpenMP (or with
-//! `LT_PAIR=helper`) a helper thread of ours is the second thread: it stays awake briefly between
-//! calls.
+//! OpenMP region, or while another thread's step holds the team, the work runs on the calling
+//! thread as a team of one. Without OpenMP (or with `LT_PAIR=helper`) a helper thread of ours is
+//! the second thread: it stays awake briefly between calls.
 //!
-//! A decode step of a small model takes ~0.1–0.2 ms; handing half of it to a sleeping thread pool
-//! costs tens of microseconds in wake-ups (measured: rayon's `join` from outside its pool made an
-//! 8-row step only ~8 % faster on two cores). The helper here spins for a while after each job
-//! (about a millisecond, enough to cover the gap to the next step), then parks; the caller runs
-//! its half itself and waits for the other.
+//! A decode step of a small model takes ~0.03–0.2 ms; handing half of it to a sleeping thread
+//! pool costs tens of microseconds in wake-ups (measured: rayon's `join` from outside its pool
+//! made an 8-row step only ~8 % faster on two cores). The helper here spins for a while after
+//! each job (about a millisecond, enough to cover the gap to the next step), then parks. The
+//! barrier spins too (a fused step meets there ~4 times per layer, a few hundred nanoseconds
+//! each), then yields; a member that panics releases the other.
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
@@ -150,165 +150,209 @@ fn omp() -> Option<&'static Omp> {
     .as_ref()
 }
 
-/// The two halves of an OpenMP `join`, each taken once by the team member that runs it.
-struct OmpJob<A, B> {
-    a: std::cell::UnsafeCell<Option<A>>,
-    b: std::cell::UnsafeCell<Option<B>>,
-    a_panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
-    b_panicked: AtomicBool,
-    omp: &'static Omp,
+/// One member of a [`team`]: which part of the work is its own, and the barrier.
+pub(crate) struct Member<'a> {
+    /// 0 on the calling thread, 1 on the second thread.
+    pub index: usize,
+    /// 2, or 1 when the whole work runs on the calling thread.
+    pub count: usize,
+    barrier: Option<&'a Barrier>,
+    passed: std::cell::Cell<usize>,
 }
 
-// SAFETY: `a` is touched only by team member 0, `b` only by member 1 (or by member 0 when the
-// team has one thread, after `a`)
-unsafe impl<A, B: Send> Sync for OmpJob<A, B> {}
+impl Member<'_> {
+    pub fn solo() -> Member<'static> {
+        Member {
+            index: 0,
+            count: 1,
+            barrier: None,
+            passed: std::cell::Cell::new(0),
+        }
+    }
 
-unsafe extern "C" fn omp_member<A: FnOnce(), B: FnOnce() + Send>(data: *mut libc::c_void) {
-    let job = &*(data as *const OmpJob<A, B>);
-    let (me, team) = ((job.omp.thread_num)(), (job.omp.num_threads)());
-    let run_b = || {
-        if let Some(b) = (*job.b.get()).take() {
-            if catch_unwind(AssertUnwindSafe(b)).is_err() {
-                job.b_panicked.store(true, SeqCst);
-            }
+    /// Wait until the other member has reached its same call (every member makes the same
+    /// sequence of calls); what either wrote before is visible to both after. Panics when the
+    /// other member panicked (instead of waiting forever).
+    pub fn sync(&self) {
+        if let Some(b) = self.barrier {
+            let k = self.passed.get() + 1;
+            self.passed.set(k);
+            b.wait(k);
         }
-    };
-    if me == 0 {
-        if let Some(a) = (*job.a.get()).take() {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(a)) {
-                *job.a_panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-            }
+    }
+
+    /// This member's share of `0..n` cut at a multiple of `align` (the first member takes the
+    /// lower part, about half).
+    pub fn part(&self, n: usize, align: usize) -> std::ops::Range<usize> {
+        if self.count < 2 {
+            return 0..n;
         }
-        if team < 2 {
-            run_b();
+        let cut = (n / 2).div_ceil(align.max(1)) * align.max(1);
+        let cut = cut.min(n);
+        if self.index == 0 {
+            0..cut
+        } else {
+            cut..n
         }
-    } else if me == 1 {
-        run_b();
     }
 }
 
-/// Run `a` on this thread and `b` on a second thread at the same time (libtorch's OpenMP worker,
-/// else our helper); returns when both are done. Falls back to running both here when no second
-/// thread is free (a nested call, another caller using the helper). A panic in either is resumed
-/// here after both finished.
-pub(crate) fn join<A, B>(a: A, b: B)
-where
-    A: FnOnce(),
-    B: FnOnce() + Send,
-{
+/// A reusable barrier of two: a monotonic arrival count (the k-th wait of each member returns
+/// once 2k arrivals happened), spinning briefly, then yielding.
+struct Barrier {
+    arrived: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl Barrier {
+    fn wait(&self, k: usize) {
+        self.arrived.fetch_add(1, SeqCst);
+        let mut spins = 0u32;
+        while self.arrived.load(SeqCst) < 2 * k {
+            if self.poisoned.load(SeqCst) {
+                panic!("lt-model: the other half of a fused step panicked");
+            }
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// What a team run shares: the work, the barrier, the first panic.
+struct TeamJob<'f, F> {
+    f: &'f F,
+    barrier: Barrier,
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl<F: Fn(&Member<'_>) + Sync> TeamJob<'_, F> {
+    fn new(f: &F) -> TeamJob<'_, F> {
+        TeamJob {
+            f,
+            barrier: Barrier {
+                arrived: AtomicUsize::new(0),
+                poisoned: AtomicBool::new(false),
+            },
+            panic: Mutex::new(None),
+        }
+    }
+
+    /// Run member `index` of `count`; a panic poisons the barrier (the other member stops
+    /// waiting) and is kept for the caller.
+    fn member(&self, index: usize, count: usize) {
+        let m = Member {
+            index,
+            count,
+            barrier: (count > 1).then_some(&self.barrier),
+            passed: std::cell::Cell::new(0),
+        };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.f)(&m))) {
+            self.barrier.poisoned.store(true, SeqCst);
+            let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+            // the first panic is the cause; the other member's is "the other half panicked"
+            if slot.is_none() {
+                *slot = Some(p);
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some(p) = self.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            resume_unwind(p);
+        }
+    }
+}
+
+unsafe extern "C" fn omp_member<F: Fn(&Member<'_>) + Sync>(data: *mut libc::c_void) {
+    let job = &*(data as *const (TeamJob<'_, F>, &'static Omp));
+    let (me, team) = ((job.1.thread_num)(), (job.1.num_threads)());
+    match (me, team) {
+        (0, ..2) => job.0.member(0, 1),
+        (0 | 1, _) => job.0.member(me as usize, 2),
+        _ => {}
+    }
+}
+
+/// Run `f` as two members at once — member 0 on this thread, member 1 on a second thread
+/// (libtorch's OpenMP worker, else our helper) — that may meet at [`Member::sync`]. When no
+/// second thread is free (a nested call, another caller holds it, one thread asked for), `f`
+/// runs once here as a team of one (`count == 1`: the whole work, `sync` does nothing). A panic
+/// of either member is resumed here after both stopped.
+pub(crate) fn team<F: Fn(&Member<'_>) + Sync>(f: F) {
     match omp() {
-        Some(o) => join_omp(o, a, b),
-        None => join_helper(a, b),
+        Some(o) => team_omp(o, &f),
+        None => team_helper(&f),
     }
 }
 
-/// [`join`] on an OpenMP team of two (both halves here when the runtime allows one thread).
-fn join_omp<A, B>(o: &'static Omp, a: A, b: B)
-where
-    A: FnOnce(),
-    B: FnOnce() + Send,
-{
+/// [`team`] on an OpenMP team of two (a team of one when the runtime gives one thread).
+fn team_omp<F: Fn(&Member<'_>) + Sync>(o: &'static Omp, f: &F) {
     // SAFETY: a plain query of the OpenMP runtime
     let inside = unsafe { (o.in_parallel)() };
     // libtorch's view: its thread count applies to a thread lazily, at its first parallel
     // operator, so a fresh thread's own OpenMP setting may not reflect `set_num_threads` yet
     let max = tch::get_num_threads();
-    if inside != 0 {
-        a();
-        b();
-        return;
-    }
     // one caller at a time takes a team: two generation threads each splitting their steps would
     // put four busy threads on what is typically two cores
     static TEAM_BUSY: AtomicBool = AtomicBool::new(false);
-    if max < 2 || TEAM_BUSY.swap(true, SeqCst) {
-        // this thread asked libtorch / OpenMP for one thread, or another caller has the team
-        a();
-        b();
-        return;
+    if inside != 0 || max < 2 || TEAM_BUSY.swap(true, SeqCst) {
+        // inside a region, one thread asked for, or another caller has the team
+        return f(&Member::solo());
     }
-    let mut job = OmpJob {
-        a: std::cell::UnsafeCell::new(Some(a)),
-        b: std::cell::UnsafeCell::new(Some(b)),
-        a_panic: Mutex::new(None),
-        b_panicked: AtomicBool::new(false),
-        omp: o,
-    };
+    let job = (TeamJob::new(f), o);
     // SAFETY: `job` outlives the region (GOMP_parallel returns when every member is done);
-    // members never unwind (both halves run under catch_unwind)
+    // members never unwind (they run under catch_unwind)
     unsafe {
         (o.parallel)(
-            omp_member::<A, B>,
-            &job as *const OmpJob<A, B> as *mut libc::c_void,
+            omp_member::<F>,
+            &job as *const (TeamJob<'_, F>, &Omp) as *mut libc::c_void,
             2,
             0,
         )
     };
     TEAM_BUSY.store(false, SeqCst);
-    if let Some(p) = job
-        .a_panic
-        .get_mut()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
-        resume_unwind(p);
-    }
-    if job.b_panicked.load(SeqCst) {
-        panic!("lt-model: a fused-step worker panicked");
-    }
-    // a team that somehow ran without members 0 or 1: what was not run, run here
-    if let Some(a) = job.a.get_mut().take() {
-        a();
-    }
-    if let Some(b) = job.b.get_mut().take() {
-        b();
-    }
+    job.0.finish();
 }
 
-/// [`join`] with our helper thread as the second thread.
-fn join_helper<A, B>(a: A, b: B)
-where
-    A: FnOnce(),
-    B: FnOnce() + Send,
-{
+/// [`team`] with our helper thread as the second thread.
+fn team_helper<F: Fn(&Member<'_>) + Sync>(f: &F) {
     let Some(h) = helper() else {
-        a();
-        b();
-        return;
+        return f(&Member::solo());
     };
     if h.busy.swap(true, SeqCst) {
-        a();
-        b();
-        return;
+        return f(&Member::solo());
     }
-    // SAFETY: `b` borrows from the caller's stack; it is erased to 'static only to cross to the
-    // helper, and this function does not return (nor unwind: `a` runs under catch_unwind) before
-    // the helper has finished running it.
-    let job: Box<dyn FnOnce() + Send + '_> = Box::new(b);
-    let job: Job = unsafe { std::mem::transmute(job) };
-    *h.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-    let ticket = h.posted.fetch_add(1, SeqCst) + 1;
-    if h.sleeping.load(SeqCst) {
-        h.thread.unpark();
-    }
-    let ra = catch_unwind(AssertUnwindSafe(a));
-    let mut spins = 0u32;
-    while h.finished.load(SeqCst) < ticket {
-        if spins < 2048 {
-            std::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
+    let job = TeamJob::new(f);
+    {
+        let job = &job;
+        // SAFETY: the closure borrows `job` from this frame; it is erased to 'static only to
+        // cross to the helper, and this function does not return (nor unwind: members run
+        // under catch_unwind) before the helper has finished running it.
+        let second: Box<dyn FnOnce() + Send + '_> = Box::new(move || job.member(1, 2));
+        let second: Job = unsafe { std::mem::transmute(second) };
+        *h.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(second);
+        let ticket = h.posted.fetch_add(1, SeqCst) + 1;
+        if h.sleeping.load(SeqCst) {
+            h.thread.unpark();
+        }
+        job.member(0, 2);
+        let mut spins = 0u32;
+        while h.finished.load(SeqCst) < ticket {
+            if spins < 2048 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
-    let b_panicked = h.panicked.swap(false, SeqCst);
+    h.panicked.store(false, SeqCst);
     h.busy.store(false, SeqCst);
-    if let Err(p) = ra {
-        resume_unwind(p);
-    }
-    if b_panicked {
-        panic!("lt-model: a fused-step worker panicked");
-    }
+    job.finish();
 }
 
 #[cfg(test)]
@@ -318,99 +362,152 @@ mod tests {
     /// The tests below share the process-wide team and helper: one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
 
-    fn join_via<A: FnOnce(), B: FnOnce() + Send>(helper: bool, a: A, b: B) {
+    fn team_via<F: Fn(&Member<'_>) + Sync>(helper: bool, f: F) {
         match (helper, omp()) {
-            (false, Some(o)) => join_omp(o, a, b),
-            _ => join_helper(a, b),
+            (false, Some(o)) => team_omp(o, &f),
+            _ => team_helper(&f),
         }
     }
 
-    /// Both halves run and see the caller's data; repeated calls; a nested call runs inline; a
-    /// panic on either side comes back to the caller and leaves the second thread usable — on
-    /// the OpenMP team (when libtorch brought one) and on the helper.
+    /// On the OpenMP team the members really run at the same time on two threads (member 0 on
+    /// the caller's): each waits for the other to have started (run one after the other, this
+    /// would time out) — also right after a member panicked (the team is released). Meanwhile a
+    /// second caller (another thread) runs as a team of one instead of taking a second team.
     #[test]
-    fn join_runs_both_and_recovers() {
+    fn omp_members_run_concurrently() {
         let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        for helper in [false, true] {
-            for round in 0..200usize {
-                let mut left = vec![0usize; 64];
-                let mut right = vec![0usize; 64];
-                join_via(
-                    helper,
-                    || left.iter_mut().for_each(|x| *x = round),
-                    || right.iter_mut().for_each(|x| *x = round + 1),
-                );
-                assert!(left.iter().all(|&x| x == round) && right.iter().all(|&x| x == round + 1));
-            }
-            let (mut n, mut k, mut m) = (0usize, 0usize, 0usize);
-            join_via(helper, || join(|| n += 1, || k += 1), || m += 1);
-            assert_eq!((n, k, m), (1, 1, 1));
-            let r = std::panic::catch_unwind(|| join_via(helper, || (), || panic!("boom")));
-            assert!(r.is_err());
-            let r = std::panic::catch_unwind(|| join_via(helper, || panic!("boom"), || ()));
-            assert!(r.is_err());
-            let mut ok = false;
-            join_via(helper, || (), || ok = true);
-            assert!(ok);
-        }
-    }
-
-    /// On the OpenMP team the halves really run at the same time on two threads: each waits for
-    /// the other to have started (run one after the other, this would time out) — also right
-    /// after a half panicked (the team is released). Meanwhile a second caller (another thread)
-    /// runs both of its halves itself instead of taking a second team.
-    #[test]
-    fn omp_halves_run_concurrently() {
-        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(o) = omp() else {
+        if omp().is_none() {
             eprintln!("no OpenMP runtime in this process: skipped");
             return;
-        };
+        }
         if tch::get_num_threads() < 2 {
             eprintln!("OpenMP limited to one thread: skipped");
             return;
         }
-        let r = std::panic::catch_unwind(|| join_omp(o, || panic!("boom"), || ()));
+        let r = std::panic::catch_unwind(|| {
+            team_via(false, |m| {
+                if m.index == 0 {
+                    panic!("boom")
+                }
+            })
+        });
         assert!(r.is_err());
-        let (a_in, b_in) = (AtomicBool::new(false), AtomicBool::new(false));
-        let wait = |flag: &AtomicBool| {
+        let started = [AtomicBool::new(false), AtomicBool::new(false)];
+        let ids = Mutex::new(vec![None; 2]);
+        let other = Mutex::new(Vec::new());
+        team_via(false, |m| {
+            assert_eq!(m.count, 2);
+            started[m.index].store(true, SeqCst);
             let t0 = Instant::now();
-            while !flag.load(SeqCst) {
+            while !started[1 - m.index].load(SeqCst) {
                 assert!(
                     t0.elapsed() < Duration::from_secs(10),
-                    "the other half never started"
+                    "the other member never started"
                 );
                 std::hint::spin_loop();
             }
-        };
-        let (mut ta, mut tb, mut other) = (None, None, (None, None));
-        join_omp(
-            o,
-            || {
-                a_in.store(true, SeqCst);
-                wait(&b_in);
-                ta = Some(std::thread::current().id());
+            ids.lock().unwrap()[m.index] = Some(std::thread::current().id());
+            if m.index == 0 {
                 std::thread::scope(|s| {
                     s.spawn(|| {
-                        join_omp(
-                            o,
-                            || other.0 = Some(std::thread::current().id()),
-                            || other.1 = Some(std::thread::current().id()),
-                        )
+                        team_via(false, |inner| {
+                            other
+                                .lock()
+                                .unwrap()
+                                .push((inner.count, std::thread::current().id()))
+                        })
                     });
                 });
-            },
-            || {
-                b_in.store(true, SeqCst);
-                wait(&a_in);
-                tb = Some(std::thread::current().id());
-            },
-        );
-        assert_eq!(ta, Some(std::thread::current().id()));
-        assert!(tb.is_some() && tb != ta);
-        assert!(
-            other.0.is_some() && other.0 == other.1,
-            "the second caller ran inline"
-        );
+            }
+        });
+        let ids = ids.into_inner().unwrap();
+        assert_eq!(ids[0], Some(std::thread::current().id()));
+        assert!(ids[1].is_some() && ids[1] != ids[0]);
+        let other = other.into_inner().unwrap();
+        assert_eq!(other.len(), 1, "the second caller ran as a team of one");
+        assert_eq!(other[0].0, 1);
+    }
+
+    /// A team's members meet at `sync`: what one wrote before is what the other reads after,
+    /// round after round, in both directions; the parts split a range disjointly; a team inside
+    /// a team is a team of one (the whole range, `sync` a no-op) — on both kinds of second
+    /// thread. With a second thread, both members ran (a team of one would do all the rounds).
+    #[test]
+    fn team_members_meet_at_sync() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for helper in [false, true] {
+            let n = 4096;
+            let buf: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let bad = AtomicUsize::new(0);
+            let counts = Mutex::new(Vec::new());
+            team_via(helper, |m| {
+                counts.lock().unwrap().push(m.count);
+                let mine = m.part(n, 16);
+                for round in 1..200usize {
+                    // each writes its part, then checks the whole buffer after the barrier
+                    for i in mine.clone() {
+                        buf[i].store(round * 2 + i % 2, SeqCst);
+                    }
+                    m.sync();
+                    if (0..n).any(|i| buf[i].load(SeqCst) != round * 2 + i % 2) {
+                        bad.fetch_add(1, SeqCst);
+                    }
+                    m.sync();
+                }
+                // nested (on the same kind of second thread): a team of one
+                team_via(helper, |inner| {
+                    assert_eq!((inner.count, inner.part(10, 4)), (1, 0..10));
+                    inner.sync();
+                });
+            });
+            assert_eq!(bad.load(SeqCst), 0);
+            let counts = counts.into_inner().unwrap();
+            if tch::get_num_threads() >= 2 {
+                assert_eq!(counts, vec![2, 2], "helper {helper}");
+            }
+        }
+        let two = |index| Member {
+            index,
+            count: 2,
+            barrier: None,
+            passed: std::cell::Cell::new(0),
+        };
+        for (n, align) in [(344, 16), (7, 16), (0, 16), (1024, 48), (5, 1)] {
+            let (a, b) = (two(0).part(n, align), two(1).part(n, align));
+            assert_eq!((a.start, a.end, b.end), (0, b.start, n));
+            assert!(a.end % align == 0 || a.end == n);
+        }
+    }
+
+    /// A member that panics releases the other one waiting at the barrier (no deadlock) and the
+    /// caller gets the first panic's message; the team is usable afterwards.
+    #[test]
+    fn team_panic_releases_the_barrier() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for helper in [false, true] {
+            for panicking in [0usize, 1] {
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    team_via(helper, |m| {
+                        if m.index == panicking && m.count == 2 {
+                            panic!("boom {panicking}");
+                        }
+                        if m.count == 1 {
+                            panic!("boom {panicking}");
+                        }
+                        m.sync();
+                        m.sync();
+                    })
+                }));
+                let msg = r.expect_err("the panic comes back");
+                let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert_eq!(msg, format!("boom {panicking}"), "helper {helper}");
+                let ran = AtomicUsize::new(0);
+                team_via(helper, |m| {
+                    m.sync();
+                    ran.fetch_add(1, SeqCst);
+                });
+                assert!(ran.load(SeqCst) >= 1);
+            }
+        }
     }
 }

@@ -49,11 +49,20 @@ fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
     wide.initializer_range = 0.1;
     // "wide" with 5 rows splits the batch over two threads; with 1 row, its 170-token step
     // splits the row's tokens (both threads write K/V before either attends)
+    // three kv heads (or a head dim off the 16-float weight panels) cannot split the attention
+    // by heads: the two threads split rows, or one row's tokens, instead
+    let mut odd = ModelConfig::tiny_qwen2(1024, 192, 2, 6, 3, 344);
+    odd.initializer_range = 0.1;
+    let mut d24 = ModelConfig::tiny_qwen2(1024, 96, 2, 4, 2, 200);
+    d24.initializer_range = 0.1;
     vec![
         ("qwen2", qwen, 3),
         ("llama", llama, 3),
         ("wide", wide.clone(), 5),
         ("wide-1", wide, 1),
+        ("odd-kv", odd.clone(), 5),
+        ("odd-kv-1", odd, 1),
+        ("d24-1", d24, 1),
     ]
 }
 
