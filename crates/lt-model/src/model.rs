@@ -613,29 +613,63 @@ impl Shared {
     }
 }
 
-/// A zeroed f32 buffer starting on a cache line (two members' parts of a row split on a
-/// 16-float boundary then never share a line).
+/// An f32 buffer starting on a cache line (two members' parts of a row split on a 16-float
+/// boundary then never share a line), reused from step to step: [`LineBuf::take`] grows it when
+/// needed and leaves old contents otherwise (every step writes what it reads).
+#[derive(Default)]
 struct LineBuf {
     v: Vec<f32>,
     off: usize,
-    len: usize,
 }
 
 impl LineBuf {
-    fn new(len: usize) -> Self {
-        let v = vec![0f32; len + 16];
-        let off = v.as_ptr().align_offset(64).min(16);
-        LineBuf { v, off, len }
+    /// The first `len` floats.
+    fn take(&mut self, len: usize) -> &mut [f32] {
+        if self.v.len() < self.off + len {
+            self.v = vec![0f32; len + 16];
+            self.off = self.v.as_ptr().align_offset(64).min(16);
+        }
+        &mut self.v[self.off..self.off + len]
     }
 
-    fn as_mut(&mut self) -> &mut [f32] {
-        &mut self.v[self.off..self.off + self.len]
-    }
-
-    fn shared(&mut self, ld: usize) -> Shared {
-        Shared::of(self.as_mut(), ld)
+    fn shared(&mut self, len: usize, ld: usize) -> Shared {
+        Shared::of(self.take(len), ld)
     }
 }
+
+/// A fused step's buffers ([`Model::forward_fused`]): the shared activations and each team
+/// member's own (normalised rows, attention scores).
+#[derive(Default)]
+struct StepScratch {
+    x: LineBuf,
+    qkv: LineBuf,
+    y: LineBuf,
+    gate: LineBuf,
+    up: LineBuf,
+    act: LineBuf,
+    tmp: LineBuf,
+    members: [MemberScratch; 2],
+}
+
+impl std::fmt::Debug for StepScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepScratch")
+    }
+}
+
+#[derive(Default)]
+struct MemberScratch {
+    xn: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// The members' own buffers as seen by a [`TeamStep`]: member `i` touches only `[i]`.
+#[derive(Clone, Copy)]
+struct MemberBufs(*mut MemberScratch);
+
+// SAFETY: each member dereferences only its own element (see `TeamStep::run`)
+unsafe impl Send for MemberBufs {}
+unsafe impl Sync for MemberBufs {}
 
 /// One fused step (every token `f` of the step: token `f % t` of row `f / t`) run by a team of
 /// one or two ([`crate::pair::team`]). With two members, every product is split by output
@@ -672,6 +706,8 @@ struct TeamStep<'a> {
     /// The attention is split by kv heads; else by tokens, member 0 taking `..cut`.
     by_heads: bool,
     cut: usize,
+    /// Each member's own buffers (two).
+    members: MemberBufs,
 }
 
 impl TeamStep<'_> {
@@ -775,8 +811,10 @@ impl TeamStep<'_> {
             my_heads.start * g * d..my_heads.end * g * d,
             my_heads.start * d..my_heads.end * d,
         );
-        let mut xn = vec![0f32; n * h];
-        let mut scores = Vec::new();
+        // SAFETY: member `m.index` (0 or 1) is the only one touching its element
+        let own = unsafe { &mut *self.members.0.add(m.index) };
+        own.xn.resize(n * h, 0.0);
+        let (xn, scores) = (&mut own.xn[..n * h], &mut own.scores);
         // SAFETY (every `Shared` access below): the parts named in each comment are this
         // member's alone between the barriers around them; reads of a whole buffer come after
         // the barrier that completes it and before anyone writes it again
@@ -784,10 +822,10 @@ impl TeamStep<'_> {
             for (li, lw) in self.w.layers.iter().enumerate() {
                 let (kl, vl) = st.kv[li];
                 // q / k / v: this member's heads (split by heads), else its half of the columns
-                self.norm(self.x.all(), lw.ln1.get(), lw.eps1, &mut xn);
+                self.norm(self.x.all(), lw.ln1.get(), lw.eps1, xn);
                 if !two || !self.by_heads {
                     let c = if two { m.part(qkv_w, 16) } else { 0..qkv_w };
-                    self.product(&xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
+                    self.product(xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
                     if two {
                         m.sync();
                     }
@@ -797,7 +835,7 @@ impl TeamStep<'_> {
                         qd + hk.start..qd + hk.end,
                         qd + kvd + hk.start..qd + kvd + hk.end,
                     ] {
-                        self.product(&xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
+                        self.product(xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
                     }
                 }
                 // RoPE and the new K/V into the cache: own heads of own tokens
@@ -858,7 +896,7 @@ impl TeamStep<'_> {
                             len,
                             mask,
                             scale,
-                            &mut scores,
+                            scores,
                             y,
                         );
                         if st.bf16 {
@@ -871,10 +909,10 @@ impl TeamStep<'_> {
                 self.residual(self.y, qd, &lw.o, m.part(h, 16));
                 m.sync();
                 // MLP first half: own columns of gate and of up, SiLU(gate)·up
-                self.norm(self.x.all(), lw.ln2.get(), lw.eps2, &mut xn);
+                self.norm(self.x.all(), lw.ln2.get(), lw.eps2, xn);
                 let gc = m.part(inter, 16);
-                self.product(&xn, h, n, h, &lw.gate, self.gate, inter, gc.clone());
-                self.product(&xn, h, n, h, &lw.up, self.up, inter, gc.clone());
+                self.product(xn, h, n, h, &lw.gate, self.gate, inter, gc.clone());
+                self.product(xn, h, n, h, &lw.up, self.up, inter, gc.clone());
                 for r in 0..n {
                     let gate = self.gate.cols(r, gc.clone());
                     let up = self.up.cols(r, gc.clone());
@@ -885,7 +923,7 @@ impl TeamStep<'_> {
                 self.residual(self.act, inter, &lw.down, m.part(h, 16));
                 m.sync();
             }
-            self.finish(m, &mut xn);
+            self.finish(m, xn);
         }
     }
 
@@ -1108,6 +1146,10 @@ pub struct Model {
     fused: std::sync::OnceLock<Option<FusedWeights>>,
     /// [`Model::set_fused_decode`].
     fused_decode: bool,
+    /// The fused step's activation buffers, kept from one step to the next (a step that finds
+    /// them taken makes its own; with libtorch's tensors not `Sync`, a model is used by one
+    /// thread at a time, so that does not happen today).
+    scratch: std::sync::Mutex<StepScratch>,
 }
 
 struct Builder<'a> {
@@ -1214,6 +1256,7 @@ impl Model {
             prepacked: false,
             fused: std::sync::OnceLock::new(),
             fused_decode: true,
+            scratch: Default::default(),
         })
     }
 
@@ -1798,32 +1841,34 @@ impl Model {
         );
         // MLP activations in rows padded to whole cache lines (the members split them by columns)
         let ild = inter.div_ceil(16) * 16;
-        let mut x = LineBuf::new(n * h);
-        for (xr, &id) in x.as_mut().chunks_exact_mut(h).zip(ids) {
+        // this model's buffers from the last step, unless another thread is stepping with it
+        let mut held = self.scratch.try_lock().ok();
+        let mut own = None;
+        let sc: &mut StepScratch = match held.as_deref_mut() {
+            Some(sc) => sc,
+            None => own.insert(StepScratch::default()),
+        };
+        let x = sc.x.take(n * h);
+        for (xr, &id) in x.chunks_exact_mut(h).zip(ids) {
             let id = id as usize;
             xr.copy_from_slice(&w.embed.get()[id * h..(id + 1) * h]);
         }
-        let mut qkv = LineBuf::new(n * (qd + 2 * kvd));
-        let mut y = LineBuf::new(n * qd);
-        let mut gate = LineBuf::new(n * ild);
-        let mut up = LineBuf::new(n * ild);
-        let mut act = LineBuf::new(n * ild);
-        let mut tmp = LineBuf::new(if bf16 { n * h } else { 0 });
         let run = TeamStep {
             cfg,
             w,
             st: &step,
             n,
-            x: x.shared(h),
-            qkv: qkv.shared(qd + 2 * kvd),
-            y: y.shared(qd),
-            gate: gate.shared(ild),
-            up: up.shared(ild),
-            act: act.shared(ild),
-            tmp: tmp.shared(h),
+            x: sc.x.shared(n * h, h),
+            qkv: sc.qkv.shared(n * (qd + 2 * kvd), qd + 2 * kvd),
+            y: sc.y.shared(n * qd, qd),
+            gate: sc.gate.shared(n * ild, ild),
+            up: sc.up.shared(n * ild, ild),
+            act: sc.act.shared(n * ild, ild),
+            tmp: sc.tmp.shared(if bf16 { n * h } else { 0 }, h),
             out: Shared::of(os, width),
             by_heads,
             cut,
+            members: MemberBufs(sc.members.as_mut_ptr()),
         };
         if split {
             crate::pair::team(|m| run.run(m));
