@@ -30,6 +30,9 @@ pub struct KvCache {
     head_dim: i64,
     kind: Kind,
     device: Device,
+    /// The fused CPU step's raw views of `k` / `v` per layer, taken once and dropped whenever
+    /// they are reallocated ([`KvCache::reserve`]).
+    pub(crate) fused_layouts: Option<Vec<(crate::fused::KvLayout, crate::fused::KvLayout)>>,
 }
 
 impl KvCache {
@@ -64,6 +67,7 @@ impl KvCache {
             head_dim: head_dim as i64,
             kind,
             device,
+            fused_layouts: None,
         }
     }
 
@@ -195,6 +199,7 @@ impl KvCache {
         tracing::debug!(from = self.capacity, to = new_cap, "growing KV cache");
         let _mode = crate::InferenceMode::disabled();
         let _g = tch::no_grad_guard();
+        self.fused_layouts = None;
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
             let mut s = t.size();
             let old = s[2];
@@ -237,6 +242,7 @@ impl KvCache {
             head_dim: self.head_dim,
             kind: self.kind,
             device: self.device,
+            fused_layouts: None,
         })
     }
 

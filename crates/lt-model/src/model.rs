@@ -1736,14 +1736,34 @@ impl Model {
                 slot: st[2] as isize,
             })
         };
-        let mut kv = Vec::with_capacity(self.layers.len());
-        for li in 0..self.layers.len() {
-            // the full-capacity tensors (reserved above): no views made
-            match (cache.keys(li), cache.values(li)) {
-                (Some(k), Some(v)) => kv.push((layout(k)?, layout(v)?)),
-                _ => return Err(ModelError::Input(format!("cache has no layer {li}"))),
+        // the cache's raw views, taken once per storage (the tensors are reallocated only when
+        // the cache grows, which drops them); put back after the step
+        let taken = cache.fused_layouts.take();
+        let cache_ref = &*cache;
+        let still = |kv: &[(KvLayout, KvLayout)]| {
+            let cache = cache_ref;
+            kv.len() == self.layers.len()
+                && cache.capacity() >= keys
+                && kv.iter().enumerate().all(|(li, (kl, vl))| {
+                    // the storage is still where it was (cheap next to re-reading the strides)
+                    cache.keys(li).map(|k| k.data_ptr() as *mut u8) == Some(kl.base)
+                        && cache.values(li).map(|v| v.data_ptr() as *mut u8) == Some(vl.base)
+                })
+        };
+        let kv = match taken {
+            Some(kv) if still(&kv) => kv,
+            _ => {
+                let mut kv = Vec::with_capacity(self.layers.len());
+                for li in 0..self.layers.len() {
+                    // the full-capacity tensors (reserved above): no views made
+                    match (cache.keys(li), cache.values(li)) {
+                        (Some(k), Some(v)) => kv.push((layout(k)?, layout(v)?)),
+                        _ => return Err(ModelError::Input(format!("cache has no layer {li}"))),
+                    }
+                }
+                kv
             }
-        }
+        };
         // an explicit mask as additive f32 rows, `keys` per query token (Causal needs none:
         // query i of a row sees that row's slots up to its own)
         let mask_rows: Option<Vec<f32>> = match (mask, attn_mask) {
@@ -1875,6 +1895,7 @@ impl Model {
         } else {
             run.run(&crate::pair::Member::solo());
         }
+        cache.fused_layouts = Some(kv);
         let rows: Vec<Vec<i64>> = pos_rows.chunks(t).map(|r| r.to_vec()).collect();
         cache.commit(&rows);
         let (b, t) = (b as i64, t as i64);
