@@ -833,12 +833,6 @@ impl<'m> Generator<'m> {
             }
         }
         let dev = self.model.device();
-        let ids_t = Tensor::from_slice(&ids)
-            .view([b as i64, t as i64])
-            .to_device(dev);
-        let pos_t = Tensor::from_slice(&pos)
-            .view([b as i64, t as i64])
-            .to_device(dev);
         // Every row sees all of its own slots: the model's causal path is exact, also for a ragged
         // batch of single-token steps (it hides each row's slots past its own length), and it keeps
         // the fused kernel and skips building a [B, 1, T, K] mask every step.
@@ -873,9 +867,10 @@ impl<'m> Generator<'m> {
         } else {
             Logits::Last
         };
+        // host ids / positions: the fused CPU step reads them in place
         let logits = self
             .model
-            .forward(&ids_t, &pos_t, mask, Some(cache), mode)?;
+            .forward_slices(&ids, &pos, b, mask, Some(cache), mode)?;
         // logits: [B, T, V] (All) or [B, V] / [B, 1, V] (Last)
         let logits = if logits.dim() == 2 {
             logits.unsqueeze(1)

@@ -1576,31 +1576,8 @@ impl Model {
         };
         if infer {
             if let Some(c) = cache.as_deref_mut() {
-                // an explicit mask becomes one f32 row of `keys` per query token there: keep
-                // that bounded (a long masked prompt goes through libtorch's SDPA instead)
-                let mask_elems = (b * t * keys) as usize;
-                let mask_fits =
-                    matches!(mask, AttnMask::Causal) || mask_elems <= FUSED_MAX_MASK_ELEMS;
-                if let Some(w) = self
-                    .fused_weights(c, b as usize * t as usize)
-                    .filter(|_| mask_fits)
-                {
-                    // causal steps need no mask tensor: each query sees its row's slots
-                    let attn_mask = match mask {
-                        AttnMask::Causal => None,
-                        _ => self.build_mask(mask, b, t, keys, &lens_before, uniform)?.0,
-                    };
-                    return self.forward_fused(
-                        w,
-                        &ids_host,
-                        &pos_rows,
-                        &lens_before,
-                        c,
-                        t as usize,
-                        mask,
-                        attn_mask.as_ref(),
-                        logits,
-                    );
+                if let Some(y) = self.step_fused(&ids_host, &pos_rows, b, t, mask, c, logits)? {
+                    return Ok(y);
                 }
             }
         }
@@ -1643,6 +1620,119 @@ impl Model {
     /// The fused-kernel view of the weights when a one-token step can take the fused CPU
     /// kernels ([`crate::fused`]): f32 weights and cache on the CPU, AVX2 + FMA, every weight
     /// dense.
+    /// [`Model::forward`] with the token ids and positions as host slices (`batch` rows of
+    /// `ids.len() / batch` tokens each, row-major): what a decode loop holds anyway. A step that
+    /// takes the fused CPU path reads them in place (no tensors made, none read back); any other
+    /// goes through [`Model::forward`].
+    ///
+    /// ```no_run
+    /// # use lt_model::{AttnMask, Logits, Model, ModelConfig, Device, Kind};
+    /// # let model = Model::random(&ModelConfig::tiny_llama(16, 16, 1, 2, 1, 16), Device::Cpu, Kind::Float, 0).unwrap();
+    /// let mut cache = model.new_cache(2, 16);
+    /// let _g = tch::no_grad_guard();
+    /// // two rows, one new token each, at positions 0
+    /// let logits = model
+    ///     .forward_slices(&[3, 5], &[0, 0], 2, AttnMask::Causal, Some(&mut cache), Logits::Last)
+    ///     .unwrap();
+    /// assert_eq!(logits.size(), vec![2, 16]);
+    /// ```
+    pub fn forward_slices(
+        &self,
+        ids: &[i64],
+        positions: &[i64],
+        batch: usize,
+        mask: AttnMask<'_>,
+        mut cache: Option<&mut KvCache>,
+        logits: Logits,
+    ) -> Result<Tensor, ModelError> {
+        let n = ids.len();
+        if batch == 0 || n == 0 || !n.is_multiple_of(batch) || positions.len() != n {
+            return Err(ModelError::Input(format!(
+                "ids ({n}) and positions ({}) must be {batch} rows of T > 0 tokens",
+                positions.len()
+            )));
+        }
+        let (b, t) = (batch as i64, (n / batch) as i64);
+        if self.device() == Device::Cpu && !grad_enabled() {
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some(y) = self.step_fused(ids, positions, b, t, mask, c, logits)? {
+                    return Ok(y);
+                }
+            }
+        }
+        let ids_t = Tensor::from_slice(ids).view([b, t]);
+        let pos_t = Tensor::from_slice(positions).view([b, t]);
+        self.forward(&ids_t, &pos_t, mask, cache, logits)
+    }
+
+    /// The fused CPU step for host ids / positions (`b × t`), when it applies to this step
+    /// (`None`: take libtorch's path). Validates like [`Model::forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn step_fused(
+        &self,
+        ids: &[i64],
+        positions: &[i64],
+        b: i64,
+        t: i64,
+        mask: AttnMask<'_>,
+        c: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let vocab = self.cfg.vocab_size as i64;
+        if let Some(&bad) = ids.iter().find(|&&i| i < 0 || i >= vocab) {
+            let (lo, hi) = (
+                ids.iter().copied().min().unwrap_or(bad),
+                ids.iter().copied().max().unwrap_or(bad),
+            );
+            return Err(ModelError::Input(format!(
+                "token id out of range [0, {vocab}): min {lo}, max {hi}"
+            )));
+        }
+        if c.batch() as i64 != b {
+            return Err(ModelError::Input(format!(
+                "cache batch {} != input batch {b}",
+                c.batch()
+            )));
+        }
+        if c.layers() != self.cfg.num_hidden_layers {
+            return Err(ModelError::Input(format!(
+                "cache has {} layers, model has {}",
+                c.layers(),
+                self.cfg.num_hidden_layers
+            )));
+        }
+        // an explicit mask becomes one f32 row of `keys` per query token there: keep that
+        // bounded (a long masked prompt goes through libtorch's SDPA instead)
+        let keys = c.max_len() as i64 + t;
+        let mask_fits =
+            matches!(mask, AttnMask::Causal) || (b * t * keys) as usize <= FUSED_MAX_MASK_ELEMS;
+        let Some(w) = self
+            .fused_weights(c, (b * t) as usize)
+            .filter(|_| mask_fits)
+        else {
+            return Ok(None);
+        };
+        c.reserve(t as usize);
+        let (lens_before, uniform) = (c.lens().to_vec(), c.is_uniform());
+        // causal steps need no mask tensor: each query sees its row's slots
+        let attn_mask = match mask {
+            AttnMask::Causal => None,
+            _ => self.build_mask(mask, b, t, keys, &lens_before, uniform)?.0,
+        };
+        self.forward_fused(
+            w,
+            ids,
+            positions,
+            &lens_before,
+            c,
+            t as usize,
+            mask,
+            attn_mask.as_ref(),
+            logits,
+        )
+        .map(Some)
+    }
+
     fn fused_weights(&self, cache: &KvCache, tokens: usize) -> Option<&FusedWeights> {
         if !self.fused_decode
             || cache.kind() != self.kind

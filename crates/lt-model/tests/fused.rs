@@ -371,3 +371,74 @@ fn fused_step_follows_prepack() {
         "fused off = libtorch path, bit for bit"
     );
 }
+
+/// `forward_slices` (host ids / positions, what lt-infer's decode loop calls) returns exactly
+/// what `forward` returns — on the fused step (cache, inference; the step itself is checked
+/// against libtorch above), on libtorch's path (no cache), with a mask — and rejects malformed
+/// or out-of-range input with an error, not a panic.
+#[test]
+fn forward_slices_equals_forward() {
+    let _g = tch::no_grad_guard();
+    let (_, cfg, _) = configs().remove(2);
+    let Some(m) = prepacked(Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap()) else {
+        return;
+    };
+    let b = 3usize;
+    let (mut c1, mut c2) = (m.new_cache(b, 8), m.new_cache(b, 8));
+    for (step, t) in [5usize, 1, 1, 4, 1].into_iter().enumerate() {
+        let ids: Vec<i64> = ids(b * t, 0, 1024, 70 + step as u64);
+        let pos: Vec<i64> = (0..b)
+            .flat_map(|r| (0..t).map(move |i| (10 * step + 2 * i + r) as i64))
+            .collect();
+        let shape = [b as i64, t as i64];
+        let (it, pt) = (
+            Tensor::from_slice(&ids).view(shape),
+            Tensor::from_slice(&pos).view(shape),
+        );
+        let keys = c1.max_len() as i64 + t as i64;
+        let look = Tensor::ones([b as i64, 1, t as i64, keys], (Kind::Bool, Device::Cpu));
+        let mask = if t == 4 {
+            AttnMask::Bool(&look)
+        } else {
+            AttnMask::Causal
+        };
+        let logits = if step % 2 == 0 {
+            Logits::All
+        } else {
+            Logits::Last
+        };
+        let x = m.forward(&it, &pt, mask, Some(&mut c1), logits).unwrap();
+        let y = m
+            .forward_slices(&ids, &pos, b, mask, Some(&mut c2), logits)
+            .unwrap();
+        assert!(x.equal(&y), "step {step} {logits:?}");
+        assert_eq!(c1.positions(), c2.positions());
+        // no cache: libtorch's path, same answer
+        let x = m
+            .forward(&it, &pt, AttnMask::Causal, None, Logits::All)
+            .unwrap();
+        let y = m
+            .forward_slices(&ids, &pos, b, AttnMask::Causal, None, Logits::All)
+            .unwrap();
+        assert!(x.equal(&y), "step {step} without cache");
+    }
+    let mut c = m.new_cache(2, 4);
+    for (ids, pos, batch) in [
+        (vec![1i64, 2, 3], vec![0i64, 1, 2], 2usize), // 3 tokens are not 2 rows
+        (vec![1, 2], vec![0], 2),                     // positions do not match
+        (vec![], vec![], 1),                          // nothing
+        (vec![1, 2], vec![0, 1], 0),                  // no rows
+        (vec![1, 4096], vec![0, 0], 2),               // id out of range
+        (vec![1, 2, 3], vec![0, 0, 0], 3),            // cache of 2 rows
+    ] {
+        let r = m.forward_slices(
+            &ids,
+            &pos,
+            batch,
+            AttnMask::Causal,
+            Some(&mut c),
+            Logits::Last,
+        );
+        assert!(r.is_err(), "{ids:?} / {pos:?} / {batch}");
+    }
+}
