@@ -446,6 +446,11 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
+    /// `len` values in [-0.5, 0.5) from the generator.
+    fn rand(seed: &mut u64, len: usize) -> Vec<f32> {
+        (0..len).map(|_| lcg(seed)).collect()
+    }
+
     /// Every row tile (1…8 rows left, and sums of them) and column tail (n off the tile widths),
     /// bias and accumulation, against an f64 reference, on the instruction set this CPU uses.
     #[test]
@@ -454,11 +459,11 @@ mod tests {
         let mut shapes = vec![(1, 1, 1), (1, 5, 7), (1, 1030, 128), (16, 1030, 160)];
         shapes.extend((1..=17).map(|m| (m, 37 + 13 * m, 5 + 7 * m)));
         for &(m, n, k) in &shapes {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let x = rand(&mut seed, m * k);
+            let w = rand(&mut seed, n * k);
             let wt = pack(&w, n, k);
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            let r: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let b = rand(&mut seed, n);
+            let r = rand(&mut seed, m * n);
             for (bias, acc) in [(false, false), (true, false), (true, true)] {
                 let mut y = r.clone();
                 linear_t(&x, m, k, &wt, n, bias.then_some(&b[..]), &mut y, acc);
@@ -499,11 +504,11 @@ mod tests {
             (1, 256, 96),
             (13, 70, 9),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let x = rand(&mut seed, m * k);
+            let w = rand(&mut seed, n * k);
             let wt = pack(&w, n, k);
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            let r: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let b = rand(&mut seed, n);
+            let r = rand(&mut seed, m * n);
             for acc in [false, true] {
                 let mut whole = r.clone();
                 linear_t(&x, m, k, &wt, n, Some(&b), &mut whole, acc);
@@ -641,10 +646,10 @@ mod tests {
             (3, 50, 11),
             (7, 90, 3),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let x = rand(&mut seed, m * k);
+            let w = rand(&mut seed, n * k);
             let wt = pack(&w, n, k);
-            let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let b = rand(&mut seed, n);
             let mut y = vec![0.5f32; m * n];
             let a = Args {
                 x: x.as_ptr(),

@@ -1534,30 +1534,13 @@ impl Model {
             } else {
                 (ids.min().int64_value(&[]), ids.max().int64_value(&[]))
             };
-            if lo < 0 || hi >= self.cfg.vocab_size as i64 {
-                return Err(ModelError::Input(format!(
-                    "token id out of range [0, {}): min {lo}, max {hi}",
-                    self.cfg.vocab_size
-                )));
-            }
+            self.check_id_range(lo, hi)?;
         }
 
         // Cache bookkeeping: lengths before the append, positions to record.
         let (lens_before, uniform) = match cache.as_deref_mut() {
             Some(c) => {
-                if c.batch() as i64 != b {
-                    return Err(ModelError::Input(format!(
-                        "cache batch {} != input batch {b}",
-                        c.batch()
-                    )));
-                }
-                if c.layers() != self.cfg.num_hidden_layers {
-                    return Err(ModelError::Input(format!(
-                        "cache has {} layers, model has {}",
-                        c.layers(),
-                        self.cfg.num_hidden_layers
-                    )));
-                }
+                self.check_cache(c, b)?;
                 c.reserve(t as usize);
                 (c.lens().to_vec(), c.is_uniform())
             }
@@ -1576,6 +1559,7 @@ impl Model {
         };
         if infer {
             if let Some(c) = cache.as_deref_mut() {
+                // (ids and cache checked above)
                 if let Some(y) = self.step_fused(&ids_host, &pos_rows, b, t, mask, c, logits)? {
                     return Ok(y);
                 }
@@ -1655,6 +1639,9 @@ impl Model {
         let (b, t) = (batch as i64, (n / batch) as i64);
         if self.device() == Device::Cpu && !grad_enabled() {
             if let Some(c) = cache.as_deref_mut() {
+                let lo = ids.iter().copied().min().unwrap_or(0);
+                self.check_id_range(lo, ids.iter().copied().max().unwrap_or(0))?;
+                self.check_cache(c, b)?;
                 if let Some(y) = self.step_fused(ids, positions, b, t, mask, c, logits)? {
                     return Ok(y);
                 }
@@ -1665,29 +1652,19 @@ impl Model {
         self.forward(&ids_t, &pos_t, mask, cache, logits)
     }
 
-    /// The fused CPU step for host ids / positions (`b × t`), when it applies to this step
-    /// (`None`: take libtorch's path). Validates like [`Model::forward`].
-    #[allow(clippy::too_many_arguments)]
-    fn step_fused(
-        &self,
-        ids: &[i64],
-        positions: &[i64],
-        b: i64,
-        t: i64,
-        mask: AttnMask<'_>,
-        c: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Option<Tensor>, ModelError> {
-        let vocab = self.cfg.vocab_size as i64;
-        if let Some(&bad) = ids.iter().find(|&&i| i < 0 || i >= vocab) {
-            let (lo, hi) = (
-                ids.iter().copied().min().unwrap_or(bad),
-                ids.iter().copied().max().unwrap_or(bad),
-            );
+    /// Token ids `lo..=hi` (the smallest and largest of a step) are in the vocabulary.
+    fn check_id_range(&self, lo: i64, hi: i64) -> Result<(), ModelError> {
+        if lo < 0 || hi >= self.cfg.vocab_size as i64 {
             return Err(ModelError::Input(format!(
-                "token id out of range [0, {vocab}): min {lo}, max {hi}"
+                "token id out of range [0, {}): min {lo}, max {hi}",
+                self.cfg.vocab_size
             )));
         }
+        Ok(())
+    }
+
+    /// `cache` fits a step of `b` rows of this model.
+    fn check_cache(&self, c: &KvCache, b: i64) -> Result<(), ModelError> {
         if c.batch() as i64 != b {
             return Err(ModelError::Input(format!(
                 "cache batch {} != input batch {b}",
@@ -1701,6 +1678,23 @@ impl Model {
                 self.cfg.num_hidden_layers
             )));
         }
+        Ok(())
+    }
+
+    /// The fused CPU step for host ids / positions (`b × t`), when it applies to this step
+    /// (`None`: take libtorch's path). The caller has checked the ids ([`Model::check_id_range`])
+    /// and the cache ([`Model::check_cache`]).
+    #[allow(clippy::too_many_arguments)]
+    fn step_fused(
+        &self,
+        ids: &[i64],
+        positions: &[i64],
+        b: i64,
+        t: i64,
+        mask: AttnMask<'_>,
+        c: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Option<Tensor>, ModelError> {
         // an explicit mask becomes one f32 row of `keys` per query token there: keep that
         // bounded (a long masked prompt goes through libtorch's SDPA instead)
         let keys = c.max_len() as i64 + t;

@@ -36,8 +36,6 @@ struct Helper {
     sleeping: AtomicBool,
     /// A caller is using the helper.
     busy: AtomicBool,
-    /// The last job panicked.
-    panicked: AtomicBool,
     thread: Thread,
 }
 
@@ -57,7 +55,6 @@ fn helper() -> Option<&'static Helper> {
                     finished: AtomicUsize::new(0),
                     sleeping: AtomicBool::new(false),
                     busy: AtomicBool::new(false),
-                    panicked: AtomicBool::new(false),
                     thread: std::thread::current(),
                 }));
                 if tx.send(h).is_err() {
@@ -96,9 +93,9 @@ fn run(h: &'static Helper) -> ! {
         }
         let job = h.job.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(job) = job {
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                h.panicked.store(true, SeqCst);
-            }
+            // team members catch their own panics (and report them to the caller); this only
+            // keeps the helper alive should a job ever unwind
+            let _ = catch_unwind(AssertUnwindSafe(job));
         }
         h.finished.fetch_add(1, SeqCst);
     }
@@ -350,7 +347,6 @@ fn team_helper<F: Fn(&Member<'_>) + Sync>(f: &F) {
             }
         }
     }
-    h.panicked.store(false, SeqCst);
     h.busy.store(false, SeqCst);
     job.finish();
 }
