@@ -928,10 +928,7 @@ fn argmax_rows(logits: &Tensor) -> Result<Vec<i64>, InferError> {
             Kind::Float => {
                 // SAFETY: a contiguous CPU f32 tensor of n elements, alive for this borrow
                 let x = unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, n) };
-                return Ok(x
-                    .chunks_exact(v)
-                    .map(|r| first_max(r.iter().copied()))
-                    .collect());
+                return Ok(x.chunks_exact(v).map(first_max_slice).collect());
             }
             Kind::BFloat16 => {
                 // SAFETY: as above, bf16 as its 16 bits
@@ -961,6 +958,31 @@ fn first_max(x: impl Iterator<Item = f32>) -> i64 {
         }
     }
     at as i64
+}
+
+/// [`first_max`] of a slice, in two passes the compiler vectorises (16 lanes of running
+/// maxima and NaN flags, then the first index holding the maximum): a decode step's scalar scan
+/// of a 1k-vocabulary row cost ~1 µs, 8 rows ~8 % of a batched tiny-model step.
+fn first_max_slice(x: &[f32]) -> i64 {
+    const L: usize = 16;
+    let (mut m, mut nan) = ([f32::NEG_INFINITY; L], [false; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for ((&v, ml), nl) in c.iter().zip(&mut m).zip(&mut nan) {
+            *nl |= v.is_nan();
+            *ml = if v > *ml { v } else { *ml };
+        }
+    }
+    for &v in chunks.remainder() {
+        nan[0] |= v.is_nan();
+        m[0] = if v > m[0] { v } else { m[0] };
+    }
+    if nan.iter().any(|&n| n) {
+        return x.iter().position(|v| v.is_nan()).unwrap_or(0) as i64;
+    }
+    let best = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // the first value equal to the maximum (all -inf, or empty: index 0, like the scan)
+    x.iter().position(|&v| v == best).unwrap_or(0) as i64
 }
 
 #[cfg(test)]
@@ -1005,6 +1027,40 @@ mod tests {
         let tt = Tensor::from_slice(&rows).view([4, 5]).transpose(0, 1);
         let want: Vec<i64> = Vec::try_from(tt.argmax(-1, false)).unwrap();
         assert_eq!(argmax_rows(&tt).unwrap(), want);
+    }
+
+    /// The vectorised scan picks what the plain one does: lengths around the 16-lane chunks,
+    /// ties (first wins), NaNs (first NaN wins), all `-inf`, signed zeros, empty.
+    #[test]
+    fn first_max_slice_matches_the_scan() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for len in (0..40).chain([1023, 1024, 1025]) {
+            for trial in 0..30 {
+                // few distinct values: many ties
+                let mut x: Vec<f32> = (0..len).map(|_| (next() % 5) as f32 - 2.0).collect();
+                match trial % 6 {
+                    1 if len > 0 => x[next() % len] = f32::NAN,
+                    2 if len > 1 => {
+                        x[next() % len] = f32::NAN;
+                        x[next() % len] = f32::NAN;
+                    }
+                    3 => x.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                    4 => x
+                        .iter_mut()
+                        .for_each(|v| *v = if next() % 2 == 0 { 0.0 } else { -0.0 }),
+                    5 if len > 0 => x[next() % len] = f32::INFINITY,
+                    _ => {}
+                }
+                let want = first_max(x.iter().copied());
+                assert_eq!(first_max_slice(&x), want, "len {len} trial {trial}: {x:?}");
+            }
+        }
     }
 
     fn plan(len: usize) -> Option<Planned> {
