@@ -385,7 +385,7 @@ mod tests {
         for kind in [Kind::Float, Kind::BFloat16] {
             let mut c = KvCache::new(2, 3, 2, 8, 12, kind, Device::Cpu);
             for t in c.k.iter_mut().chain(c.v.iter_mut()) {
-                let _ = t.copy_(&Tensor::randn([3, 2, 12, 8], (Kind::Float, Device::Cpu)));
+                t.copy_(&Tensor::randn([3, 2, 12, 8], (Kind::Float, Device::Cpu)));
             }
             c.commit(&[(0..10).collect(), (0..7).collect(), (0..12).collect()]);
             let before: Vec<Tensor> = c.k.iter().chain(&c.v).map(Tensor::copy).collect();
