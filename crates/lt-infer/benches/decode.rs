@@ -7,7 +7,8 @@
 //!
 //! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 128, 0 = skip),
 //! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
-//! each row is the fastest of that many identical runs).
+//! each row is the fastest of that many identical runs, the compared configurations run
+//! round-robin so that the VM's speed drifts hit them alike).
 use std::time::Instant;
 
 use criterion::Criterion;
@@ -59,49 +60,75 @@ impl Row {
     }
 }
 
-fn run(m: &Model, name: &str, method: Method, tokens: usize, batch: usize, reps: usize) -> Row {
+/// One configuration timed by [`run_group`].
+struct Arm<'m> {
+    method: Method,
+    batch: usize,
+    gen: Generator<'m>,
+    /// The same prompts with one new token: the prefill (and one step).
+    gen1: Generator<'m>,
+    prompts: Vec<PromptInput>,
+}
+
+/// Time every `(method, tokens, batch)` arm, round-robin: each round runs every arm once (the
+/// full generation, then the prefill alone), and each row keeps its fastest run. The shared VM
+/// drifts between a fast and a ~35 % slower phase within seconds; interleaving puts the arms
+/// that are compared with each other (vanilla vs LightThinker, batch 8 vs batch 1) into the same
+/// phases instead of one arm's runs into a slow stretch.
+fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize) -> Vec<Row> {
     let vocab = m.config().vocab_size;
-    let gen = Generator::new(m, gen_cfg(method, vocab, tokens));
-    let prompts: Vec<PromptInput> = (0..batch)
-        .map(|i| {
-            PromptInput::plain(
-                (0..128)
-                    .map(|j| ((i * 131 + j * 7) % 1000 + 1) as i64)
-                    .collect(),
-            )
+    let arms: Vec<Arm<'_>> = arms
+        .iter()
+        .map(|&(method, tokens, batch)| Arm {
+            method,
+            batch,
+            gen: Generator::new(m, gen_cfg(method, vocab, tokens)),
+            gen1: Generator::new(m, gen_cfg(method, vocab, 1)),
+            prompts: (0..batch)
+                .map(|i| {
+                    PromptInput::plain(
+                        (0..128)
+                            .map(|j| ((i * 131 + j * 7) % 1000 + 1) as i64)
+                            .collect(),
+                    )
+                })
+                .collect(),
         })
         .collect();
-    // best of LT_BENCH_REPS runs (the shared VM is noisy; outputs are identical every run)
-    let mut seconds = f64::MAX;
-    let mut gens = Vec::new();
+    let mut best = vec![(f64::MAX, f64::MAX); arms.len()];
+    let mut gens: Vec<Vec<Generation>> = vec![Vec::new(); arms.len()];
+    let mut prefill_tokens = vec![0; arms.len()];
     for _ in 0..reps {
-        let t0 = Instant::now();
-        gens = gen.generate_batch(&prompts, &mut ()).expect("generation");
-        seconds = seconds.min(t0.elapsed().as_secs_f64());
+        for (i, a) in arms.iter().enumerate() {
+            let t0 = Instant::now();
+            gens[i] = a
+                .gen
+                .generate_batch(&a.prompts, &mut ())
+                .expect("generation");
+            best[i].0 = best[i].0.min(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let g1 = a.gen1.generate_batch(&a.prompts, &mut ()).expect("prefill");
+            best[i].1 = best[i].1.min(t0.elapsed().as_secs_f64());
+            prefill_tokens[i] = g1.iter().map(|g| g.output_ids.len() - 1).sum();
+        }
     }
-    let tokens_out: usize = gens.iter().map(|g| g.output_ids.len() - 1).sum();
-    let gen1 = Generator::new(m, gen_cfg(method, vocab, 1));
-    let mut prefill_s = f64::MAX;
-    let mut prefill_tokens = 0;
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        let g1 = gen1.generate_batch(&prompts, &mut ()).expect("prefill");
-        prefill_s = prefill_s.min(t0.elapsed().as_secs_f64());
-        prefill_tokens = g1.iter().map(|g| g.output_ids.len() - 1).sum();
-    }
-    Row {
-        model: name.into(),
-        method: match method {
-            Method::Vanilla => "vanilla",
-            _ => "lightthinker",
-        },
-        batch,
-        tokens: tokens_out,
-        seconds,
-        prefill_s,
-        prefill_tokens,
-        g: gens.into_iter().next().expect("one"),
-    }
+    arms.iter()
+        .zip(gens)
+        .enumerate()
+        .map(|(i, (a, g))| Row {
+            model: name.into(),
+            method: match a.method {
+                Method::Vanilla => "vanilla",
+                _ => "lightthinker",
+            },
+            batch: a.batch,
+            tokens: g.iter().map(|g| g.output_ids.len() - 1).sum(),
+            seconds: best[i].0,
+            prefill_s: best[i].1,
+            prefill_tokens: prefill_tokens[i],
+            g: g.into_iter().next().expect("one"),
+        })
+        .collect()
 }
 
 fn report(rows: &[Row], write_json: bool) {
@@ -273,17 +300,20 @@ fn main() {
         env("LT_BENCH_TOKENS", 4096)
     };
     let bs = if smoke { 2 } else { env("LT_BENCH_BATCH", 8) };
-    let mut rows = Vec::new();
-    for batch in [1, bs] {
-        for method in [Method::Vanilla, Method::LightThinker] {
-            rows.push(run(&tiny, "tiny", method, n, batch, reps));
-        }
-    }
+    let (v, lt) = (Method::Vanilla, Method::LightThinker);
+    let mut rows = run_group(
+        &tiny,
+        "tiny",
+        &[(v, n, 1), (lt, n, 1), (v, n, bs), (lt, n, bs)],
+        reps,
+    );
     if n > 512 {
-        for method in [Method::Vanilla, Method::LightThinker] {
-            rows.push(run(&tiny, "tiny", method, 512, 1, reps));
-            rows.push(run(&tiny, "tiny", method, 512, bs, reps));
-        }
+        rows.extend(run_group(
+            &tiny,
+            "tiny",
+            &[(v, 512, 1), (v, 512, bs), (lt, 512, 1), (lt, 512, bs)],
+            reps,
+        ));
     }
     let n05 = if smoke {
         0
@@ -298,11 +328,12 @@ fn main() {
         big
     });
     if let Some(big) = &big {
-        for batch in [1, bs] {
-            for method in [Method::Vanilla, Method::LightThinker] {
-                rows.push(run(big, "qwen0.5b", method, n05, batch, reps));
-            }
-        }
+        rows.extend(run_group(
+            big,
+            "qwen0.5b",
+            &[(v, n05, 1), (lt, n05, 1), (v, n05, bs), (lt, n05, bs)],
+            reps,
+        ));
     }
     report(&rows, !smoke);
     ratios(&rows);

@@ -491,6 +491,41 @@ mod tests {
         }
     }
 
+    /// Each row of a many-row product (tiles of every height)
+    /// is bit-identical to that row multiplied alone: a batch row or a compression block's token
+    /// gets the same values as in any other step.
+    #[test]
+    fn rows_equal_rows_alone() {
+        let mut seed = 5;
+        for &(m, n, k) in &[(9, 344, 128), (11, 1024, 128), (20, 70, 33), (88, 128, 344)] {
+            let x = rand(&mut seed, m * k);
+            let w = rand(&mut seed, n * k);
+            let wt = pack(&w, n, k);
+            let b = rand(&mut seed, n);
+            let mut all = vec![0f32; m * n];
+            linear_t(&x, m, k, &wt, n, Some(&b), &mut all, false);
+            for i in 0..m {
+                let mut one = vec![0f32; n];
+                linear_t(
+                    &x[i * k..(i + 1) * k],
+                    1,
+                    k,
+                    &wt,
+                    n,
+                    Some(&b),
+                    &mut one,
+                    false,
+                );
+                assert!(
+                    one.iter()
+                        .zip(&all[i * n..(i + 1) * n])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "m{m} n{n} k{k}: row {i} differs from the row alone"
+                );
+            }
+        }
+    }
+
     /// Column ranges (as two threads split a product, on panel boundaries) put together give
     /// exactly [`linear_t`]'s output, bias and accumulation included, and leave
     /// the other columns untouched.
