@@ -211,7 +211,7 @@ pub(crate) fn round_bf16(x: &mut [f32]) {
 }
 
 /// `x` rounded to the nearest bfloat16 (kept as f32).
-fn to_bf16(x: f32) -> f32 {
+pub(crate) fn to_bf16(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 

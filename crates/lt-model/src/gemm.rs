@@ -104,6 +104,7 @@ pub(crate) fn linear_t(
         ldx: k,
         m,
         k,
+        kw: k,
         wt: wt.as_ptr(),
         bias: bias.map(|b| b.as_ptr()),
         y: y.as_mut_ptr(),
@@ -155,7 +156,60 @@ pub(crate) unsafe fn linear_t_cols(
         ldx,
         m,
         k,
+        kw: k,
         wt: wt.as_ptr(),
+        bias: bias.map(|b| b.as_ptr()),
+        y,
+        ldy,
+        accumulate,
+    };
+    cols_of(&a, cols.start, cols.end)
+}
+
+/// [`linear_t_cols`] over the products `ks` only (a range of the `kw` inputs the weight was
+/// packed with): `y[i, j] (+)= Σ_{t ∈ ks} x[i, t] · W[j, t] + bias[j]` — one member's partial
+/// sum when two threads split a product by its inputs. `ks` starts anywhere; `x` rows hold all
+/// `kw` inputs (`ldx >= kw`).
+///
+/// # Safety
+/// As [`linear_t_cols`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn linear_t_part(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    ks: std::ops::Range<usize>,
+    kw: usize,
+    wt: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: *mut f32,
+    ldy: usize,
+    accumulate: bool,
+    cols: std::ops::Range<usize>,
+) {
+    assert!(ks.start <= ks.end && ks.end <= kw);
+    assert!(ldx >= kw && ldy >= n && (m == 0 || x.len() >= (m - 1) * ldx + kw));
+    assert!(wt.len() >= packed_len(n, kw));
+    assert!(
+        cols.start <= cols.end
+            && cols.end <= n
+            && (cols.start.is_multiple_of(PANEL) || cols.is_empty())
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= n);
+    }
+    if cols.is_empty() || m == 0 {
+        return;
+    }
+    let a = Args {
+        x: x.as_ptr().add(ks.start),
+        ldx,
+        m,
+        k: ks.len(),
+        kw,
+        // row `ks.start` of every panel (panels keep their stride)
+        wt: wt.as_ptr().add(ks.start * PANEL),
         bias: bias.map(|b| b.as_ptr()),
         y,
         ldy,
@@ -169,7 +223,10 @@ struct Args {
     /// Floats from one input row to the next (`>= k`).
     ldx: usize,
     m: usize,
+    /// Products summed per output (the rows of each weight panel read).
     k: usize,
+    /// The `k` the weight was [`pack`]ed with (panel stride); `> k` for a range of it.
+    kw: usize,
     wt: *const f32,
     bias: Option<*const f32>,
     y: *mut f32,
@@ -199,7 +256,7 @@ unsafe fn cols_of(a: &Args, j0: usize, j1: usize) {
                 for j in j0..j1 {
                     let mut s = 0f32;
                     for t in 0..a.k {
-                        s += *a.x.add(i * a.ldx + t) * *at(a.wt, a.k, t, j);
+                        s += *a.x.add(i * a.ldx + t) * *at(a.wt, a.kw, t, j);
                     }
                     a.finish(i, j, s);
                 }
@@ -301,7 +358,7 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         // panel of each vector (one past the last panel is never loaded: masked off)
         let panel: [*const f32; NV] =
-            std::array::from_fn(|v| a.wt.wrapping_add((j / 16 + v) * super::panel_stride(a.k)));
+            std::array::from_fn(|v| a.wt.wrapping_add((j / 16 + v) * super::panel_stride(a.kw)));
         // vectors past the last column are never loaded, not even masked off: a masked load
         // reaching into an unmapped page takes a microcode assist on some CPUs (measured: a
         // 344-column product 30 µs instead of 0.6 when its buffer ended the mapping)
@@ -398,7 +455,7 @@ mod avx2 {
             // each 8 columns: half of a 16-column panel (masked off past the last one)
             let panel: [*const f32; NV] = std::array::from_fn(|v| {
                 let c = j + 8 * v;
-                a.wt.wrapping_add((c / 16) * super::panel_stride(a.k) + c % 16)
+                a.wt.wrapping_add((c / 16) * super::panel_stride(a.kw) + c % 16)
             });
             // no load past the last column (see the AVX-512 tile)
             let live = (j1 - j).div_ceil(8).min(NV);
@@ -486,6 +543,54 @@ mod tests {
                             y[i * n + j]
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Partial products over input ranges add up to the whole product (within rounding), an
+    /// empty range adds nothing, and the full range is the whole product bit for bit.
+    #[test]
+    fn input_ranges_add_up() {
+        let mut seed = 13;
+        for &(m, n, k) in &[(1, 344, 128), (3, 128, 344), (8, 70, 33), (11, 1030, 64)] {
+            let x = rand(&mut seed, m * k);
+            let w = rand(&mut seed, n * k);
+            let wt = pack(&w, n, k);
+            let b = rand(&mut seed, n);
+            let mut whole = vec![0f32; m * n];
+            linear_t(&x, m, k, &wt, n, Some(&b), &mut whole, false);
+            let part = |ks: std::ops::Range<usize>, bias: bool, y: &mut [f32], acc: bool| unsafe {
+                linear_t_part(
+                    &x,
+                    k,
+                    m,
+                    ks,
+                    k,
+                    &wt,
+                    n,
+                    bias.then_some(&b[..]),
+                    y.as_mut_ptr(),
+                    n,
+                    acc,
+                    0..n,
+                )
+            };
+            let mut full = vec![0f32; m * n];
+            part(0..k, true, &mut full, false);
+            assert!(full
+                .iter()
+                .zip(&whole)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            for cut in [0, 1, k / 2, k - 1, k] {
+                let mut y = vec![0f32; m * n];
+                part(0..cut, true, &mut y, false);
+                part(cut..k, false, &mut y, true);
+                for (i, (a, b)) in y.iter().zip(&whole).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "m{m} n{n} k{k} cut {cut} [{i}]: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -691,6 +796,7 @@ mod tests {
                 ldx: k,
                 m,
                 k,
+                kw: k,
                 wt: wt.as_ptr(),
                 bias: Some(b.as_ptr()),
                 y: y.as_mut_ptr(),

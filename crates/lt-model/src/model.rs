@@ -648,6 +648,9 @@ struct StepScratch {
     up: LineBuf,
     act: LineBuf,
     tmp: LineBuf,
+    /// Both halves of the o- and down-projections' partial sums ([`TeamStep::run_heads`]).
+    part_o: LineBuf,
+    part_d: LineBuf,
     members: [MemberScratch; 2],
 }
 
@@ -661,6 +664,13 @@ impl std::fmt::Debug for StepScratch {
 struct MemberScratch {
     xn: Vec<f32>,
     scores: Vec<f32>,
+    /// Private activations of a [`TeamStep::run_heads`] member (only its own columns written).
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    y: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 /// The members' own buffers as seen by a [`TeamStep`]: member `i` touches only `[i]`.
@@ -672,13 +682,16 @@ unsafe impl Send for MemberBufs {}
 unsafe impl Sync for MemberBufs {}
 
 /// One fused step (every token `f` of the step: token `f % t` of row `f / t`) run by a team of
-/// one or two ([`crate::pair::team`]). With two members, every product is split by output
-/// columns — each member streams half of each weight matrix, all rows at once — and the
-/// attention by kv heads (each member its heads for every token; by tokens, whole rows where
-/// possible, when the kv heads do not split evenly). Members meet after the attention, the
-/// o-projection, the MLP's first half and its down-projection: 4 barriers per layer (5 or 6 when
-/// split by tokens). The RMSNorms are computed by both members for all rows (cheaper than a
-/// barrier). Products and roundings are per value, so the result does not depend on the split.
+/// one or two ([`crate::pair::team`]); each member streams half of each weight matrix, for all
+/// rows at once. When the kv heads halve ([`TeamStep::run_heads`]), member `i` owns kv-head half
+/// `i` (q / k / v, cache entries, attention) and MLP-column half `i`, and the o- and
+/// down-projections are split by their inputs into two partial sums that both members add to
+/// their own copies of the residual stream: 2 barriers per layer. Otherwise
+/// ([`TeamStep::run_tokens`]) the products are split by output columns and the attention by
+/// tokens (whole rows where possible): 4 barriers per layer (5 or 6 with a row split). The
+/// RMSNorms are computed by both members for all rows (cheaper than a barrier). Every value is
+/// computed the same way whatever the team size, so the result does not depend on it (and a
+/// row of a batch gets the bits it gets alone).
 ///
 /// bf16 models round to bf16 wherever HF's bf16 forward produces a bf16 tensor (after every
 /// projection, norm, RoPE product, activation and residual add; K/V stored as bf16); attention
@@ -703,6 +716,10 @@ struct TeamStep<'a> {
     tmp: Shared,
     /// The step's output (logits or hidden states).
     out: Shared,
+    /// `[n, 2 · hp]`: the two halves' partial o- / down-projections (`hp`: hidden size
+    /// padded to 16), [`TeamStep::run_heads`].
+    part_o: Shared,
+    part_d: Shared,
     /// The attention is split by kv heads; else by tokens, member 0 taking `..cut`.
     by_heads: bool,
     cut: usize,
@@ -789,6 +806,228 @@ impl TeamStep<'_> {
 
     /// Member `m`'s share of the whole step (a team of one: all of it).
     fn run(&self, m: &crate::pair::Member<'_>) {
+        if self.by_heads {
+            self.run_heads(m)
+        } else {
+            self.run_tokens(m)
+        }
+    }
+
+    /// `x += round(half 0 + half 1)` of a partial product `p` (`n` rows of two halves `hp`
+    /// apart), in the same order on both members (their copies of `x` stay identical).
+    fn add_halves(&self, x: &mut [f32], p: &[f32]) {
+        let (h, ld) = (self.cfg.hidden_size, self.part_o.ld);
+        let hp = ld / 2;
+        for (xr, pr) in x.chunks_exact_mut(h).zip(p.chunks(ld)) {
+            let (p0, p1) = (&pr[..h], &pr[hp..hp + h]);
+            if self.st.bf16 {
+                for ((v, a), b) in xr.iter_mut().zip(p0).zip(p1) {
+                    *v = crate::fused::to_bf16(*v + crate::fused::to_bf16(a + b));
+                }
+            } else {
+                for ((v, a), b) in xr.iter_mut().zip(p0).zip(p1) {
+                    *v += a + b;
+                }
+            }
+        }
+    }
+
+    /// [`TeamStep::run`] for a model whose kv heads split evenly in two (`by_heads`). Each member
+    /// keeps its own copy of the residual stream and its own activations; member `i` computes
+    /// the q / k / v, RoPE, cache entries and attention of kv-head half `i`, the o-projection
+    /// over those heads' outputs only (a partial sum over half of its inputs, for every output
+    /// column), then the MLP columns of half `i` and the down-projection over them (again a
+    /// partial sum). Both members add the two partial sums into their residual streams in the
+    /// same order: **two barriers per layer** (after each partial product) instead of four, none
+    /// before the logits. A team of one computes both halves the same way, so the result does
+    /// not depend on the team.
+    fn run_heads(&self, m: &crate::pair::Member<'_>) {
+        use crate::fused::{attend_one, rope, rope_bf16, silu_mul_rounded, Kern};
+        use crate::pair::half;
+        let (cfg, st, n) = (self.cfg, self.st, self.n);
+        let (h, t, inter) = (cfg.hidden_size, st.t, cfg.intermediate_size);
+        let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let g = heads / kvh;
+        let (qd, kvd) = (heads * d, kvh * d);
+        let qkv_w = qd + 2 * kvd;
+        let ild = self.act.ld;
+        let kern = Kern::best(d);
+        let scale = 1.0 / (d as f32).sqrt();
+        // this member's halves: its own one, or both for a team of one
+        let mine: &[usize] = match (m.count > 1, m.index) {
+            (false, _) => &[0, 1],
+            (true, 0) => &[0],
+            (true, _) => &[1],
+        };
+        let span = |len: usize, align: usize| {
+            half(len, align, mine[0]).start..half(len, align, mine[mine.len() - 1]).end
+        };
+        let (my_heads, my_cols) = (span(kvh, 1), span(inter, 16));
+        let (hq, hk) = (
+            my_heads.start * g * d..my_heads.end * g * d,
+            my_heads.start * d..my_heads.end * d,
+        );
+        let hp = self.part_o.ld / 2;
+        // SAFETY: member `m.index` (0 or 1) is the only one touching its element
+        let own = unsafe { &mut *self.members.0.add(m.index) };
+        for (v, len) in [
+            (&mut own.xn, n * h),
+            (&mut own.x, n * h),
+            (&mut own.qkv, n * qkv_w),
+            (&mut own.y, n * qd),
+            (&mut own.gate, n * ild),
+            (&mut own.up, n * ild),
+            (&mut own.act, n * ild),
+        ] {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        }
+        // the embedded tokens (read-only during the step)
+        // SAFETY: filled before the team started, written by no one meanwhile
+        own.x[..n * h].copy_from_slice(unsafe { &self.x.all()[..n * h] });
+        let x = &mut own.x[..n * h];
+        let xn = &mut own.xn[..n * h];
+        let scores = &mut own.scores;
+        let qkv = Shared::of(&mut own.qkv[..n * qkv_w], qkv_w);
+        let y = Shared::of(&mut own.y[..n * qd], qd);
+        let (gate, up, act) = (
+            Shared::of(&mut own.gate[..n * ild], ild),
+            Shared::of(&mut own.up[..n * ild], ild),
+            Shared::of(&mut own.act[..n * ild], ild),
+        );
+        // SAFETY: the private buffers are this member's alone; of `part_o` / `part_d` each
+        // member writes its halves' columns before a barrier and both read all of them after it
+        // (the next write to a half comes after the following barrier)
+        unsafe {
+            for (li, lw) in self.w.layers.iter().enumerate() {
+                let (kl, vl) = st.kv[li];
+                self.norm(x, lw.ln1.get(), lw.eps1, xn);
+                for c in [
+                    hq.clone(),
+                    qd + hk.start..qd + hk.end,
+                    qd + kvd + hk.start..qd + kvd + hk.end,
+                ] {
+                    self.product(xn, h, n, h, &lw.qkv, qkv, qkv_w, c);
+                }
+                // RoPE and the new K/V into the cache: own heads of every token
+                for f in 0..n {
+                    let (row, i) = (f / t, f % t);
+                    let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
+                    let rot = |x: &mut [f32]| {
+                        if st.bf16 {
+                            rope_bf16(x, c, s)
+                        } else {
+                            rope(x, c, s)
+                        }
+                    };
+                    qkv.cols(f, hq.clone()).chunks_exact_mut(d).for_each(rot);
+                    let k = qkv.cols(f, qd + hk.start..qd + hk.end);
+                    let v = qkv.cols(f, qd + kvd + hk.start..qd + kvd + hk.end);
+                    for (gk, (kh, vh)) in my_heads
+                        .clone()
+                        .zip(k.chunks_exact_mut(d).zip(v.chunks_exact(d)))
+                    {
+                        rot(kh);
+                        // in bounds: checked when the layouts were taken
+                        let slot = st.lens[row] + i;
+                        kl.write(row, gk, slot, kh);
+                        vl.write(row, gk, slot, vh);
+                    }
+                }
+                // attention: own heads of every token
+                for f in 0..n {
+                    let (row, i) = (f / t, f % t);
+                    let (len, mask) = match st.mask {
+                        Some(mk) => {
+                            let len = st.lens[row] + t;
+                            let at = f * st.keys;
+                            (len, Some(&mk[at..at + len]))
+                        }
+                        None => (st.lens[row] + i + 1, None),
+                    };
+                    for gk in my_heads.clone() {
+                        let yh = y.cols(f, gk * g * d..(gk + 1) * g * d);
+                        attend_one(
+                            kern,
+                            qkv.cols(f, gk * g * d..(gk + 1) * g * d),
+                            g,
+                            d,
+                            kl.at(row, gk, 0),
+                            vl.at(row, gk, 0),
+                            kl.elem,
+                            kl.slot,
+                            len,
+                            mask,
+                            scale,
+                            scores,
+                            yh,
+                        );
+                        if st.bf16 {
+                            crate::fused::round_bf16(yh);
+                        }
+                    }
+                }
+                // o-projection over each own half's heads, for every output column
+                let (ow, ob) = (lw.o.0.get(), bias(&lw.o));
+                for &p in mine {
+                    let hs = half(kvh, 1, p);
+                    crate::gemm::linear_t_part(
+                        y.all(),
+                        qd,
+                        n,
+                        hs.start * g * d..hs.end * g * d,
+                        qd,
+                        ow,
+                        h,
+                        ob.filter(|_| p == 0),
+                        self.part_o.ptr.add(p * hp),
+                        self.part_o.ld,
+                        false,
+                        0..h,
+                    );
+                }
+                m.sync();
+                self.add_halves(x, self.part_o.all());
+                // MLP: own columns of gate / up / SiLU(gate)·up, the down-projection over them
+                self.norm(x, lw.ln2.get(), lw.eps2, xn);
+                self.product(xn, h, n, h, &lw.gate, gate, inter, my_cols.clone());
+                self.product(xn, h, n, h, &lw.up, up, inter, my_cols.clone());
+                for r in 0..n {
+                    silu_mul_rounded(
+                        gate.cols(r, my_cols.clone()),
+                        up.cols(r, my_cols.clone()),
+                        act.cols(r, my_cols.clone()),
+                        st.bf16,
+                    );
+                }
+                let (dw, db) = (lw.down.0.get(), bias(&lw.down));
+                for &p in mine {
+                    crate::gemm::linear_t_part(
+                        act.all(),
+                        ild,
+                        n,
+                        half(inter, 16, p),
+                        inter,
+                        dw,
+                        h,
+                        db.filter(|_| p == 0),
+                        self.part_d.ptr.add(p * hp),
+                        self.part_d.ld,
+                        false,
+                        0..h,
+                    );
+                }
+                m.sync();
+                self.add_halves(x, self.part_d.all());
+            }
+            self.finish(m, x, xn);
+        }
+    }
+
+    /// [`TeamStep::run`] split by tokens (kv heads that do not halve): shared activations, the
+    /// products split by output columns, four or more barriers per layer.
+    fn run_tokens(&self, m: &crate::pair::Member<'_>) {
         use crate::fused::{attend_one, rope, rope_bf16, silu_mul_rounded, Kern};
         let (cfg, st, n) = (self.cfg, self.st, self.n);
         let (h, t, inter) = (cfg.hidden_size, st.t, cfg.intermediate_size);
@@ -799,14 +1038,13 @@ impl TeamStep<'_> {
         let kern = Kern::best(d);
         let scale = 1.0 / (d as f32).sqrt();
         let two = m.count > 1;
-        let (my_heads, my_toks) = match (two, self.by_heads, m.index) {
-            (false, ..) => (0..kvh, 0..n),
-            (true, true, _) => (m.part(kvh, 1), 0..n),
-            (true, false, 0) => (0..kvh, 0..self.cut),
-            (true, false, _) => (0..kvh, self.cut..n),
+        let (my_heads, my_toks) = match (two, m.index) {
+            (false, _) => (0..kvh, 0..n),
+            (true, 0) => (0..kvh, 0..self.cut),
+            (true, _) => (0..kvh, self.cut..n),
         };
         // a row whose tokens both members attend for: its K/V must be complete first
-        let split_row = two && !self.by_heads && !self.cut.is_multiple_of(t);
+        let split_row = two && !self.cut.is_multiple_of(t);
         let (hq, hk) = (
             my_heads.start * g * d..my_heads.end * g * d,
             my_heads.start * d..my_heads.end * d,
@@ -821,22 +1059,12 @@ impl TeamStep<'_> {
         unsafe {
             for (li, lw) in self.w.layers.iter().enumerate() {
                 let (kl, vl) = st.kv[li];
-                // q / k / v: this member's heads (split by heads), else its half of the columns
+                // q / k / v: this member's half of the columns
                 self.norm(self.x.all(), lw.ln1.get(), lw.eps1, xn);
-                if !two || !self.by_heads {
-                    let c = if two { m.part(qkv_w, 16) } else { 0..qkv_w };
-                    self.product(xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
-                    if two {
-                        m.sync();
-                    }
-                } else {
-                    for c in [
-                        hq.clone(),
-                        qd + hk.start..qd + hk.end,
-                        qd + kvd + hk.start..qd + kvd + hk.end,
-                    ] {
-                        self.product(xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
-                    }
+                let c = if two { m.part(qkv_w, 16) } else { 0..qkv_w };
+                self.product(xn, h, n, h, &lw.qkv, self.qkv, qkv_w, c);
+                if two {
+                    m.sync();
                 }
                 // RoPE and the new K/V into the cache: own heads of own tokens
                 for f in my_toks.clone() {
@@ -923,7 +1151,7 @@ impl TeamStep<'_> {
                 self.residual(self.act, inter, &lw.down, m.part(h, 16));
                 m.sync();
             }
-            self.finish(m, xn);
+            self.finish(m, self.x.all(), xn);
         }
     }
 
@@ -931,11 +1159,10 @@ impl TeamStep<'_> {
     /// of the vocabulary) of every token or of each row's last one.
     ///
     /// # Safety
-    /// After the last layer's barrier.
-    unsafe fn finish(&self, m: &crate::pair::Member<'_>, xn: &mut [f32]) {
+    /// After the last layer (and its barrier when `x` is shared).
+    unsafe fn finish(&self, m: &crate::pair::Member<'_>, x: &[f32], xn: &mut [f32]) {
         let (h, t, vocab, n) = (self.cfg.hidden_size, self.st.t, self.cfg.vocab_size, self.n);
         let (norm, eps) = (self.w.norm.get(), self.w.norm_eps);
-        let x = self.x.all();
         let cols = m.part(vocab, 16);
         match self.st.logits {
             Logits::None => {
@@ -1967,6 +2194,8 @@ impl Model {
         );
         // MLP activations in rows padded to whole cache lines (the members split them by columns)
         let ild = inter.div_ceil(16) * 16;
+        // the two halves of a partial sum a cache line apart at least
+        let hp = h.div_ceil(16) * 16;
         // this model's buffers from the last step, unless another thread is stepping with it
         let mut held = self.scratch.try_lock().ok();
         let mut own = None;
@@ -1992,6 +2221,12 @@ impl Model {
             act: sc.act.shared(n * ild, ild),
             tmp: sc.tmp.shared(if bf16 { n * h } else { 0 }, h),
             out: Shared::of(os, width),
+            part_o: sc
+                .part_o
+                .shared(if by_heads { n * 2 * hp } else { 0 }, 2 * hp),
+            part_d: sc
+                .part_d
+                .shared(if by_heads { n * 2 * hp } else { 0 }, 2 * hp),
             by_heads,
             cut,
             members: MemberBufs(sc.members.as_mut_ptr()),

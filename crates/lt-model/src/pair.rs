@@ -184,13 +184,18 @@ impl Member<'_> {
         if self.count < 2 {
             return 0..n;
         }
-        let cut = (n / 2).div_ceil(align.max(1)) * align.max(1);
-        let cut = cut.min(n);
-        if self.index == 0 {
-            0..cut
-        } else {
-            cut..n
-        }
+        half(n, align, self.index)
+    }
+}
+
+/// Half `i` (0 or 1) of `0..n` as a team of two splits it ([`Member::part`]): cut at a multiple
+/// of `align`, the first half about half.
+pub(crate) fn half(n: usize, align: usize, i: usize) -> std::ops::Range<usize> {
+    let cut = ((n / 2).div_ceil(align.max(1)) * align.max(1)).min(n);
+    if i == 0 {
+        0..cut
+    } else {
+        cut..n
     }
 }
 
