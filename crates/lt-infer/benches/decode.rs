@@ -5,7 +5,8 @@
 //! time, peak tokens, peak KV bytes, Dep, for a tiny model and a Qwen2.5-0.5B-shaped one; tokens/s
 //! at batch 1 vs batch 8. Criterion then times one decode step of each method.
 //!
-//! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 128, 0 = skip),
+//! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 1024: a long
+//! generation, where the method pays off; 0 = skip), `LT_BENCH_05B_REPS` (default 1),
 //! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs, the compared configurations run
 //! round-robin so that the VM's speed drifts hit them alike).
@@ -318,7 +319,7 @@ fn main() {
     let n05 = if smoke {
         0
     } else {
-        env("LT_BENCH_05B_TOKENS", 128)
+        env("LT_BENCH_05B_TOKENS", 1024)
     };
     // the 0.5B shape is made (and prepacked) once, for its rows and the ragged prefill
     let big = (n05 > 0).then(|| {
@@ -332,7 +333,8 @@ fn main() {
             big,
             "qwen0.5b",
             &[(v, n05, 1), (lt, n05, 1), (v, n05, bs), (lt, n05, bs)],
-            reps,
+            // each run is long (~45 s at batch 1): one round unless asked
+            env("LT_BENCH_05B_REPS", 1).max(1),
         ));
     }
     report(&rows, !smoke);
