@@ -2332,6 +2332,7 @@ impl Model {
         let ild = inter.div_ceil(16) * 16;
         // the two halves of a partial sum a cache line apart at least
         let hp = h.div_ceil(16) * 16;
+        let sh = usize::from(!by_heads);
         // this model's buffers from the last step, unless another thread is stepping with it
         let mut held = self.scratch.try_lock().ok();
         let mut own = None;
@@ -2350,11 +2351,13 @@ impl Model {
             st: &step,
             n,
             x: sc.x.shared(n * h, h),
-            qkv: sc.qkv.shared(n * (qd + 2 * kvd), qd + 2 * kvd),
-            y: sc.y.shared(n * qd, qd),
-            gate: sc.gate.shared(n * ild, ild),
-            up: sc.up.shared(n * ild, ild),
-            act: sc.act.shared(n * ild, ild),
+            // shared activations for a split by tokens (`run_heads` keeps its own per member;
+            // it reads only the widths)
+            qkv: sc.qkv.shared(sh * n * (qd + 2 * kvd), qd + 2 * kvd),
+            y: sc.y.shared(sh * n * qd, qd),
+            gate: sc.gate.shared(sh * n * ild, ild),
+            up: sc.up.shared(sh * n * ild, ild),
+            act: sc.act.shared(sh * n * ild, ild),
             tmp: sc.tmp.shared(if bf16 { n * h } else { 0 }, h),
             out: Shared::of(os, width),
             part_o: sc
