@@ -138,32 +138,7 @@ pub(crate) unsafe fn linear_t_cols(
     accumulate: bool,
     cols: std::ops::Range<usize>,
 ) {
-    assert!(ldx >= k && ldy >= n && (m == 0 || x.len() >= (m - 1) * ldx + k));
-    assert!(wt.len() >= packed_len(n, k));
-    assert!(
-        cols.start <= cols.end
-            && cols.end <= n
-            && (cols.start.is_multiple_of(PANEL) || cols.is_empty())
-    );
-    if let Some(b) = bias {
-        assert!(b.len() >= n);
-    }
-    if cols.is_empty() || m == 0 {
-        return;
-    }
-    let a = Args {
-        x: x.as_ptr(),
-        ldx,
-        m,
-        k,
-        kw: k,
-        wt: wt.as_ptr(),
-        bias: bias.map(|b| b.as_ptr()),
-        y,
-        ldy,
-        accumulate,
-    };
-    cols_of(&a, cols.start, cols.end)
+    linear_t_part(x, ldx, m, 0..k, k, wt, n, bias, y, ldy, accumulate, cols)
 }
 
 /// [`linear_t_cols`] over the products `ks` only (a range of the `kw` inputs the weight was

@@ -813,6 +813,110 @@ impl TeamStep<'_> {
         }
     }
 
+    /// RoPE on the q and k heads of kv heads `heads` for the step's tokens `toks` (rows of
+    /// `qkv`), and their K/V into layer `li`'s cache at each row's next slots.
+    ///
+    /// # Safety
+    /// No one else accesses those columns of `qkv` or those cache slots meanwhile.
+    unsafe fn rope_and_store(
+        &self,
+        li: usize,
+        qkv: Shared,
+        toks: std::ops::Range<usize>,
+        heads: std::ops::Range<usize>,
+    ) {
+        use crate::fused::{rope, rope_bf16};
+        let (st, t, d) = (self.st, self.st.t, self.cfg.head_dim());
+        let (kvh, g) = (
+            self.cfg.kv_heads(),
+            self.cfg.num_attention_heads / self.cfg.kv_heads(),
+        );
+        let (qd, kvd) = (kvh * g * d, kvh * d);
+        let (hq, hk) = (
+            heads.start * g * d..heads.end * g * d,
+            heads.start * d..heads.end * d,
+        );
+        let (kl, vl) = st.kv[li];
+        for f in toks {
+            let (row, i) = (f / t, f % t);
+            let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
+            let rot = |x: &mut [f32]| {
+                if st.bf16 {
+                    rope_bf16(x, c, s)
+                } else {
+                    rope(x, c, s)
+                }
+            };
+            qkv.cols(f, hq.clone()).chunks_exact_mut(d).for_each(rot);
+            let k = qkv.cols(f, qd + hk.start..qd + hk.end);
+            let v = qkv.cols(f, qd + kvd + hk.start..qd + kvd + hk.end);
+            for (gk, (kh, vh)) in heads
+                .clone()
+                .zip(k.chunks_exact_mut(d).zip(v.chunks_exact(d)))
+            {
+                rot(kh);
+                // in bounds: row < batch, gk < kv_heads, slot < lens + t <= capacity
+                // (checked when the layouts were taken)
+                let slot = st.lens[row] + i;
+                kl.write(row, gk, slot, kh);
+                vl.write(row, gk, slot, vh);
+            }
+        }
+    }
+
+    /// Attention of the step's tokens `toks` for kv heads `heads` over layer `li`'s cache:
+    /// their queries in `qkv`, their outputs into the same columns of `y` (bf16 models: rounded).
+    ///
+    /// # Safety
+    /// The K/V these tokens see are written; no one else accesses those columns of `qkv` / `y`.
+    unsafe fn attend_heads(
+        &self,
+        li: usize,
+        qkv: Shared,
+        y: Shared,
+        toks: std::ops::Range<usize>,
+        heads: std::ops::Range<usize>,
+        scores: &mut Vec<f32>,
+    ) {
+        let (st, t, d) = (self.st, self.st.t, self.cfg.head_dim());
+        let g = self.cfg.num_attention_heads / self.cfg.kv_heads();
+        let kern = crate::fused::Kern::best(d);
+        let scale = 1.0 / (d as f32).sqrt();
+        let (kl, vl) = st.kv[li];
+        for f in toks {
+            let (row, i) = (f / t, f % t);
+            let (len, mask) = match st.mask {
+                Some(mk) => {
+                    let len = st.lens[row] + t;
+                    let at = f * st.keys;
+                    (len, Some(&mk[at..at + len]))
+                }
+                None => (st.lens[row] + i + 1, None),
+            };
+            for gk in heads.clone() {
+                let yh = y.cols(f, gk * g * d..(gk + 1) * g * d);
+                crate::fused::attend_one(
+                    kern,
+                    qkv.cols(f, gk * g * d..(gk + 1) * g * d),
+                    g,
+                    d,
+                    kl.at(row, gk, 0),
+                    vl.at(row, gk, 0),
+                    kl.elem,
+                    kl.slot,
+                    len,
+                    mask,
+                    scale,
+                    scores,
+                    yh,
+                );
+                if st.bf16 {
+                    crate::fused::round_bf16(yh);
+                }
+            }
+        }
+    }
+
     /// `x += round(half 0 + half 1)` of a partial product `p` (`n` rows of two halves `hp`
     /// apart), in the same order on both members (their copies of `x` stay identical).
     fn add_halves(&self, x: &mut [f32], p: &[f32]) {
@@ -842,17 +946,15 @@ impl TeamStep<'_> {
     /// before the logits. A team of one computes both halves the same way, so the result does
     /// not depend on the team.
     fn run_heads(&self, m: &crate::pair::Member<'_>) {
-        use crate::fused::{attend_one, rope, rope_bf16, silu_mul_rounded, Kern};
+        use crate::fused::silu_mul_rounded;
         use crate::pair::half;
         let (cfg, st, n) = (self.cfg, self.st, self.n);
-        let (h, t, inter) = (cfg.hidden_size, st.t, cfg.intermediate_size);
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let g = heads / kvh;
         let (qd, kvd) = (heads * d, kvh * d);
         let qkv_w = qd + 2 * kvd;
         let ild = self.act.ld;
-        let kern = Kern::best(d);
-        let scale = 1.0 / (d as f32).sqrt();
         // this member's halves: its own one, or both for a team of one
         let mine: &[usize] = match (m.count > 1, m.index) {
             (false, _) => &[0, 1],
@@ -901,7 +1003,6 @@ impl TeamStep<'_> {
         // (the next write to a half comes after the following barrier)
         unsafe {
             for (li, lw) in self.w.layers.iter().enumerate() {
-                let (kl, vl) = st.kv[li];
                 self.norm(x, lw.ln1.get(), lw.eps1, xn);
                 for c in [
                     hq.clone(),
@@ -911,63 +1012,9 @@ impl TeamStep<'_> {
                     self.product(xn, h, n, h, &lw.qkv, qkv, qkv_w, c);
                 }
                 // RoPE and the new K/V into the cache: own heads of every token
-                for f in 0..n {
-                    let (row, i) = (f / t, f % t);
-                    let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
-                    let rot = |x: &mut [f32]| {
-                        if st.bf16 {
-                            rope_bf16(x, c, s)
-                        } else {
-                            rope(x, c, s)
-                        }
-                    };
-                    qkv.cols(f, hq.clone()).chunks_exact_mut(d).for_each(rot);
-                    let k = qkv.cols(f, qd + hk.start..qd + hk.end);
-                    let v = qkv.cols(f, qd + kvd + hk.start..qd + kvd + hk.end);
-                    for (gk, (kh, vh)) in my_heads
-                        .clone()
-                        .zip(k.chunks_exact_mut(d).zip(v.chunks_exact(d)))
-                    {
-                        rot(kh);
-                        // in bounds: checked when the layouts were taken
-                        let slot = st.lens[row] + i;
-                        kl.write(row, gk, slot, kh);
-                        vl.write(row, gk, slot, vh);
-                    }
-                }
+                self.rope_and_store(li, qkv, 0..n, my_heads.clone());
                 // attention: own heads of every token
-                for f in 0..n {
-                    let (row, i) = (f / t, f % t);
-                    let (len, mask) = match st.mask {
-                        Some(mk) => {
-                            let len = st.lens[row] + t;
-                            let at = f * st.keys;
-                            (len, Some(&mk[at..at + len]))
-                        }
-                        None => (st.lens[row] + i + 1, None),
-                    };
-                    for gk in my_heads.clone() {
-                        let yh = y.cols(f, gk * g * d..(gk + 1) * g * d);
-                        attend_one(
-                            kern,
-                            qkv.cols(f, gk * g * d..(gk + 1) * g * d),
-                            g,
-                            d,
-                            kl.at(row, gk, 0),
-                            vl.at(row, gk, 0),
-                            kl.elem,
-                            kl.slot,
-                            len,
-                            mask,
-                            scale,
-                            scores,
-                            yh,
-                        );
-                        if st.bf16 {
-                            crate::fused::round_bf16(yh);
-                        }
-                    }
-                }
+                self.attend_heads(li, qkv, y, 0..n, my_heads.clone(), scores);
                 // o-projection over each own half's heads, for every output column
                 let (ow, ob) = (lw.o.0.get(), bias(&lw.o));
                 for &p in mine {
@@ -1028,27 +1075,22 @@ impl TeamStep<'_> {
     /// [`TeamStep::run`] split by tokens (kv heads that do not halve): shared activations, the
     /// products split by output columns, four or more barriers per layer.
     fn run_tokens(&self, m: &crate::pair::Member<'_>) {
-        use crate::fused::{attend_one, rope, rope_bf16, silu_mul_rounded, Kern};
+        use crate::fused::silu_mul_rounded;
         let (cfg, st, n) = (self.cfg, self.st, self.n);
         let (h, t, inter) = (cfg.hidden_size, st.t, cfg.intermediate_size);
-        let (heads, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let g = heads / kvh;
-        let (qd, kvd) = (heads * d, kvh * d);
-        let qkv_w = qd + 2 * kvd;
-        let kern = Kern::best(d);
-        let scale = 1.0 / (d as f32).sqrt();
+        let (qd, kvd) = (
+            cfg.num_attention_heads * cfg.head_dim(),
+            cfg.kv_heads() * cfg.head_dim(),
+        );
+        let (qkv_w, all_heads) = (qd + 2 * kvd, 0..cfg.kv_heads());
         let two = m.count > 1;
-        let (my_heads, my_toks) = match (two, m.index) {
-            (false, _) => (0..kvh, 0..n),
-            (true, 0) => (0..kvh, 0..self.cut),
-            (true, _) => (0..kvh, self.cut..n),
+        let my_toks = match (two, m.index) {
+            (false, _) => 0..n,
+            (true, 0) => 0..self.cut,
+            (true, _) => self.cut..n,
         };
         // a row whose tokens both members attend for: its K/V must be complete first
         let split_row = two && !self.cut.is_multiple_of(t);
-        let (hq, hk) = (
-            my_heads.start * g * d..my_heads.end * g * d,
-            my_heads.start * d..my_heads.end * d,
-        );
         // SAFETY: member `m.index` (0 or 1) is the only one touching its element
         let own = unsafe { &mut *self.members.0.add(m.index) };
         own.xn.resize(n * h, 0.0);
@@ -1058,7 +1100,6 @@ impl TeamStep<'_> {
         // the barrier that completes it and before anyone writes it again
         unsafe {
             for (li, lw) in self.w.layers.iter().enumerate() {
-                let (kl, vl) = st.kv[li];
                 // q / k / v: this member's half of the columns
                 self.norm(self.x.all(), lw.ln1.get(), lw.eps1, xn);
                 let c = if two { m.part(qkv_w, 16) } else { 0..qkv_w };
@@ -1066,72 +1107,20 @@ impl TeamStep<'_> {
                 if two {
                     m.sync();
                 }
-                // RoPE and the new K/V into the cache: own heads of own tokens
-                for f in my_toks.clone() {
-                    let (row, i) = (f / t, f % t);
-                    let (c, s) = (&st.cos[f * d..(f + 1) * d], &st.sin[f * d..(f + 1) * d]);
-                    let rot = |x: &mut [f32]| {
-                        if st.bf16 {
-                            rope_bf16(x, c, s)
-                        } else {
-                            rope(x, c, s)
-                        }
-                    };
-                    self.qkv
-                        .cols(f, hq.clone())
-                        .chunks_exact_mut(d)
-                        .for_each(rot);
-                    let k = self.qkv.cols(f, qd + hk.start..qd + hk.end);
-                    let v = self.qkv.cols(f, qd + kvd + hk.start..qd + kvd + hk.end);
-                    for (gk, (kh, vh)) in my_heads
-                        .clone()
-                        .zip(k.chunks_exact_mut(d).zip(v.chunks_exact(d)))
-                    {
-                        rot(kh);
-                        // in bounds: row < batch, gk < kv_heads, slot < lens + t <= capacity
-                        // (checked when the layouts were taken)
-                        let slot = st.lens[row] + i;
-                        kl.write(row, gk, slot, kh);
-                        vl.write(row, gk, slot, vh);
-                    }
-                }
+                // RoPE and the new K/V into the cache: own tokens
+                self.rope_and_store(li, self.qkv, my_toks.clone(), all_heads.clone());
                 if split_row {
                     m.sync();
                 }
-                // attention: own heads of own tokens, into their columns of y
-                for f in my_toks.clone() {
-                    let (row, i) = (f / t, f % t);
-                    let (len, mask) = match st.mask {
-                        Some(mk) => {
-                            let len = st.lens[row] + t;
-                            let at = f * st.keys;
-                            (len, Some(&mk[at..at + len]))
-                        }
-                        None => (st.lens[row] + i + 1, None),
-                    };
-                    for gk in my_heads.clone() {
-                        let q = self.qkv.cols(f, gk * g * d..(gk + 1) * g * d);
-                        let y = self.y.cols(f, gk * g * d..(gk + 1) * g * d);
-                        attend_one(
-                            kern,
-                            q,
-                            g,
-                            d,
-                            kl.at(row, gk, 0),
-                            vl.at(row, gk, 0),
-                            kl.elem,
-                            kl.slot,
-                            len,
-                            mask,
-                            scale,
-                            scores,
-                            y,
-                        );
-                        if st.bf16 {
-                            crate::fused::round_bf16(y);
-                        }
-                    }
-                }
+                // attention: own tokens, into their columns of y
+                self.attend_heads(
+                    li,
+                    self.qkv,
+                    self.y,
+                    my_toks.clone(),
+                    all_heads.clone(),
+                    scores,
+                );
                 m.sync();
                 // o-projection + residual: own columns of x
                 self.residual(self.y, qd, &lw.o, m.part(h, 16));
