@@ -8,35 +8,6 @@ use common::*;
 use lt_model::{AttnMask, Device, Kind, KvCache, Logits, Model, ModelConfig};
 use tch::Tensor;
 
-/// `m` prepared for inference with the fused step's weights made; `None` (the test is skipped)
-/// where the fused step cannot run: not x86-64 with AVX2 + FMA, or `LT_FUSED_DECODE=0`.
-fn prepacked(mut m: Model) -> Option<Model> {
-    let stats = m.prepack().unwrap();
-    let here = cfg!(target_arch = "x86_64")
-        && std::env::var("LT_FUSED_DECODE").map_or(true, |v| v != "0")
-        && avx2_fma();
-    if !stats.fused_step {
-        assert!(
-            !here,
-            "a small CPU model gets the fused step on this machine"
-        );
-        eprintln!("fused CPU step unavailable here: test skipped");
-        return None;
-    }
-    Some(m)
-}
-
-fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
     let mut qwen = ModelConfig::tiny_qwen2(97, 64, 2, 4, 2, 96); // q/k/v biases, d = 16
     qwen.initializer_range = 0.2;

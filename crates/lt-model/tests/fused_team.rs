@@ -48,11 +48,9 @@ fn team_of_two_equals_one_thread() {
     let by_tokens = ModelConfig::tiny_qwen2(1024, 192, 2, 6, 3, 344);
     for (name, cfg) in [("by-heads", by_heads), ("by-tokens", by_tokens)] {
         for kind in [Kind::Float, Kind::BFloat16] {
-            let mut m = Model::random(&cfg, Device::Cpu, kind, 3).unwrap();
-            if !m.prepack().unwrap().fused_step {
-                eprintln!("fused CPU step unavailable here: test skipped");
+            let Some(m) = prepacked(Model::random(&cfg, Device::Cpu, kind, 3).unwrap()) else {
                 return;
-            }
+            };
             for b in [1, 6] {
                 tch::set_num_threads(2);
                 let two = run(&m, b);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
-use lt_model::{Device, Kind};
+use lt_model::{Device, Kind, Model};
 use tch::Tensor;
 
 pub fn fixtures() -> PathBuf {
@@ -57,4 +57,33 @@ pub fn ids(n: usize, lo: i64, hi: i64, seed: u64) -> Vec<i64> {
 pub fn python() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     p.is_file().then_some(p)
+}
+
+/// `m` prepared for inference with the fused step's weights made; `None` (the test is skipped)
+/// where the fused step cannot run: not x86-64 with AVX2 + FMA, or `LT_FUSED_DECODE=0`.
+pub fn prepacked(mut m: Model) -> Option<Model> {
+    let stats = m.prepack().unwrap();
+    let here = cfg!(target_arch = "x86_64")
+        && std::env::var("LT_FUSED_DECODE").map_or(true, |v| v != "0")
+        && avx2_fma();
+    if !stats.fused_step {
+        assert!(
+            !here,
+            "a small CPU model gets the fused step on this machine"
+        );
+        eprintln!("fused CPU step unavailable here: test skipped");
+        return None;
+    }
+    Some(m)
+}
+
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
