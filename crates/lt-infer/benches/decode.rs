@@ -7,7 +7,7 @@
 //!
 //! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 1024: a long
 //! generation, where the method pays off; 0 = skip), `LT_BENCH_05B_REPS` (default 1),
-//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
+//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_DTYPE` (`f32` on CPU, `bf16` on CUDA by default), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs, the compared configurations run
 //! round-robin so that the VM's speed drifts hit them alike).
 use std::time::Instant;
@@ -274,10 +274,11 @@ fn main() {
         Ok("cuda") => Device::Cuda(0),
         _ => Device::Cpu,
     };
-    let kind = if device == Device::Cpu {
-        Kind::Float
-    } else {
-        Kind::BFloat16
+    let kind = match std::env::var("LT_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => Kind::BFloat16,
+        Ok("f32") => Kind::Float,
+        _ if device == Device::Cpu => Kind::Float,
+        _ => Kind::BFloat16,
     };
     let mut tiny = Model::random(
         &ModelConfig::tiny_qwen2(1024, 128, 4, 4, 2, 344),
