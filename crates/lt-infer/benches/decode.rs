@@ -9,7 +9,9 @@
 //! generation, where the method pays off; 0 = skip), `LT_BENCH_05B_REPS` (default 1),
 //! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_DTYPE` (`f32` on CPU, `bf16` on CUDA by default), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs, the compared configurations run
-//! round-robin so that the VM's speed drifts hit them alike).
+//! round-robin so that the VM's speed drifts hit them alike). With two or more runs, each
+//! LightThinker-vs-vanilla line also prints both arms' run-to-run spread (slowest / fastest − 1)
+//! and says "within noise" when the difference is smaller than it.
 use std::time::Instant;
 
 use criterion::Criterion;
@@ -48,6 +50,9 @@ struct Row {
     batch: usize,
     tokens: usize,
     seconds: f64,
+    /// Slowest over fastest run, minus one (with two or more runs): the VM's run-to-run noise on
+    /// this arm, against which a difference between two arms is read.
+    spread: Option<f64>,
     /// The same prompts with one new token: the prefill (and one step), best of as many runs.
     prefill_s: f64,
     prefill_tokens: usize,
@@ -97,6 +102,7 @@ fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize
         })
         .collect();
     let mut best = vec![(f64::MAX, f64::MAX); arms.len()];
+    let mut slowest = vec![0f64; arms.len()];
     let mut gens: Vec<Vec<Generation>> = vec![Vec::new(); arms.len()];
     let mut prefill_tokens = vec![0; arms.len()];
     for _ in 0..reps {
@@ -107,6 +113,7 @@ fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize
                 .generate_batch(&a.prompts, &mut ())
                 .expect("generation");
             best[i].0 = best[i].0.min(t0.elapsed().as_secs_f64());
+            slowest[i] = slowest[i].max(t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
             let g1 = a.gen1.generate_batch(&a.prompts, &mut ()).expect("prefill");
             best[i].1 = best[i].1.min(t0.elapsed().as_secs_f64());
@@ -125,6 +132,7 @@ fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize
             batch: a.batch,
             tokens: g.iter().map(|g| g.output_ids.len() - 1).sum(),
             seconds: best[i].0,
+            spread: (reps > 1).then(|| slowest[i] / best[i].0 - 1.0),
             prefill_s: best[i].1,
             prefill_tokens: prefill_tokens[i],
             g: g.into_iter().next().expect("one"),
@@ -169,7 +177,7 @@ fn report(rows: &[Row], write_json: bool) {
         .iter()
         .map(|r| {
             serde_json::json!({"model": r.model, "method": r.method, "batch": r.batch, "tokens": r.tokens,
-                "seconds": r.seconds, "ms_per_token": 1e3 * r.seconds / r.tokens as f64,
+                "seconds": r.seconds, "run_spread": r.spread, "ms_per_token": 1e3 * r.seconds / r.tokens as f64,
                 "tok_per_s": r.tokens as f64 / r.seconds, "prefill_seconds": r.prefill_s,
                 "decode_tok_per_s": r.decode_tok_per_s(), "peak_tokens": r.g.max_token,
                 "peak_kv_bytes": r.g.peak_kv_bytes, "dep": r.g.dep, "compressions": r.g.n_compress})
@@ -200,8 +208,22 @@ fn ratios(rows: &[Row]) {
         }) {
             let time_saved = 1.0 - ms(l) / ms(v);
             let dep_saved = 1.0 - l.g.dep as f64 / v.g.dep as f64;
+            // a difference smaller than either arm's run-to-run spread is not a measurement
+            let noise = match (l.spread, v.spread) {
+                (Some(a), Some(b)) => format!(
+                    "; run-to-run spread {:.1}% / {:.1}%{}",
+                    100.0 * a,
+                    100.0 * b,
+                    if time_saved.abs() < a.max(b) {
+                        ": within noise"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => "; one run: no noise estimate".into(),
+            };
             println!(
-                "{} batch {} x {} tokens: LightThinker {:.3} vs vanilla {:.3} ms/token: time saved {:.1}% vs Dep saved {:.1}% (ratio {:.2}; target >= 0.5; never slower: {})",
+                "{} batch {} x {} tokens: LightThinker {:.3} vs vanilla {:.3} ms/token: time saved {:.1}% vs Dep saved {:.1}% (ratio {:.2}; target >= 0.5; never slower: {}{noise})",
                 v.model,
                 v.batch,
                 v.tokens / v.batch,
