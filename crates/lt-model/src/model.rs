@@ -917,6 +917,49 @@ impl TeamStep<'_> {
         }
     }
 
+    /// `x += inp · Wᵀ (+ b)` for the layer's projection `l`, its inputs split between the halves:
+    /// this member computes, for each of its halves `p` (`mine`), the partial product over the
+    /// input columns `inputs(p)` of `inp` (`n` rows `ldx` apart, `k` inputs; the bias with half 0)
+    /// into half `p` of `part`, waits for the other member, and adds both halves
+    /// ([`TeamStep::add_halves`]).
+    ///
+    /// # Safety
+    /// Every member calls it at the same point; the halves `mine` of `part` are this member's
+    /// alone until the barrier, and no one writes `part` again before the next one.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn add_split_product(
+        &self,
+        m: &crate::pair::Member<'_>,
+        x: &mut [f32],
+        inp: &[f32],
+        ldx: usize,
+        k: usize,
+        l: &(RawSlice, Option<RawSlice>),
+        part: Shared,
+        mine: &[usize],
+        inputs: impl Fn(usize) -> std::ops::Range<usize>,
+    ) {
+        let (w, b, h) = (l.0.get(), bias(l), self.cfg.hidden_size);
+        for &p in mine {
+            crate::gemm::linear_t_part(
+                inp,
+                ldx,
+                self.n,
+                inputs(p),
+                k,
+                w,
+                h,
+                b.filter(|_| p == 0),
+                part.ptr.add(p * part.ld / 2),
+                part.ld,
+                false,
+                0..h,
+            );
+        }
+        m.sync();
+        self.add_halves(x, part.all());
+    }
+
     /// `x += round(half 0 + half 1)` of a partial product `p` (`n` rows of two halves `hp`
     /// apart), in the same order on both members (their copies of `x` stay identical).
     fn add_halves(&self, x: &mut [f32], p: &[f32]) {
@@ -969,7 +1012,6 @@ impl TeamStep<'_> {
             my_heads.start * g * d..my_heads.end * g * d,
             my_heads.start * d..my_heads.end * d,
         );
-        let hp = self.part_o.ld / 2;
         // SAFETY: member `m.index` (0 or 1) is the only one touching its element
         let own = unsafe { &mut *self.members.0.add(m.index) };
         for (v, len) in [
@@ -1016,26 +1058,10 @@ impl TeamStep<'_> {
                 // attention: own heads of every token
                 self.attend_heads(li, qkv, y, 0..n, my_heads.clone(), scores);
                 // o-projection over each own half's heads, for every output column
-                let (ow, ob) = (lw.o.0.get(), bias(&lw.o));
-                for &p in mine {
+                self.add_split_product(m, x, y.all(), qd, qd, &lw.o, self.part_o, mine, |p| {
                     let hs = half(kvh, 1, p);
-                    crate::gemm::linear_t_part(
-                        y.all(),
-                        qd,
-                        n,
-                        hs.start * g * d..hs.end * g * d,
-                        qd,
-                        ow,
-                        h,
-                        ob.filter(|_| p == 0),
-                        self.part_o.ptr.add(p * hp),
-                        self.part_o.ld,
-                        false,
-                        0..h,
-                    );
-                }
-                m.sync();
-                self.add_halves(x, self.part_o.all());
+                    hs.start * g * d..hs.end * g * d
+                });
                 // MLP: own columns of gate / up / SiLU(gate)·up, the down-projection over them
                 self.norm(x, lw.ln2.get(), lw.eps2, xn);
                 self.product(xn, h, n, h, &lw.gate, gate, inter, my_cols.clone());
@@ -1048,25 +1074,17 @@ impl TeamStep<'_> {
                         st.bf16,
                     );
                 }
-                let (dw, db) = (lw.down.0.get(), bias(&lw.down));
-                for &p in mine {
-                    crate::gemm::linear_t_part(
-                        act.all(),
-                        ild,
-                        n,
-                        half(inter, 16, p),
-                        inter,
-                        dw,
-                        h,
-                        db.filter(|_| p == 0),
-                        self.part_d.ptr.add(p * hp),
-                        self.part_d.ld,
-                        false,
-                        0..h,
-                    );
-                }
-                m.sync();
-                self.add_halves(x, self.part_d.all());
+                self.add_split_product(
+                    m,
+                    x,
+                    act.all(),
+                    ild,
+                    inter,
+                    &lw.down,
+                    self.part_d,
+                    mine,
+                    |p| half(inter, 16, p),
+                );
             }
             self.finish(m, x, xn);
         }
