@@ -487,6 +487,20 @@ mod tests {
         (0..len).map(|_| lcg(seed)).collect()
     }
 
+    /// A random `m × k` input, `n × k` weight (and its [`pack`]ed form) and bias of `n`, drawn
+    /// from `seed` in that order.
+    fn problem(
+        seed: &mut u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = rand(seed, m * k);
+        let w = rand(seed, n * k);
+        let wt = pack(&w, n, k);
+        (x, w, wt, rand(seed, n))
+    }
+
     /// Every row tile (1…8 rows left, and sums of them) and column tail (n off the tile widths),
     /// bias and accumulation, against an f64 reference, on the instruction set this CPU uses.
     #[test]
@@ -495,10 +509,7 @@ mod tests {
         let mut shapes = vec![(1, 1, 1), (1, 5, 7), (1, 1030, 128), (16, 1030, 160)];
         shapes.extend((1..=17).map(|m| (m, 37 + 13 * m, 5 + 7 * m)));
         for &(m, n, k) in &shapes {
-            let x = rand(&mut seed, m * k);
-            let w = rand(&mut seed, n * k);
-            let wt = pack(&w, n, k);
-            let b = rand(&mut seed, n);
+            let (x, w, wt, b) = problem(&mut seed, m, n, k);
             let r = rand(&mut seed, m * n);
             for (bias, acc) in [(false, false), (true, false), (true, true)] {
                 let mut y = r.clone();
@@ -533,10 +544,7 @@ mod tests {
     fn input_ranges_add_up() {
         let mut seed = 13;
         for &(m, n, k) in &[(1, 344, 128), (3, 128, 344), (8, 70, 33), (11, 1030, 64)] {
-            let x = rand(&mut seed, m * k);
-            let w = rand(&mut seed, n * k);
-            let wt = pack(&w, n, k);
-            let b = rand(&mut seed, n);
+            let (x, _, wt, b) = problem(&mut seed, m, n, k);
             let mut whole = vec![0f32; m * n];
             linear_t(&x, m, k, &wt, n, Some(&b), &mut whole, false);
             let part = |ks: std::ops::Range<usize>, bias: bool, y: &mut [f32], acc: bool| unsafe {
@@ -582,10 +590,7 @@ mod tests {
     fn rows_equal_rows_alone() {
         let mut seed = 5;
         for &(m, n, k) in &[(9, 344, 128), (11, 1024, 128), (20, 70, 33), (88, 128, 344)] {
-            let x = rand(&mut seed, m * k);
-            let w = rand(&mut seed, n * k);
-            let wt = pack(&w, n, k);
-            let b = rand(&mut seed, n);
+            let (x, _, wt, b) = problem(&mut seed, m, n, k);
             let mut all = vec![0f32; m * n];
             linear_t(&x, m, k, &wt, n, Some(&b), &mut all, false);
             for i in 0..m {
@@ -623,10 +628,7 @@ mod tests {
             (1, 256, 96),
             (13, 70, 9),
         ] {
-            let x = rand(&mut seed, m * k);
-            let w = rand(&mut seed, n * k);
-            let wt = pack(&w, n, k);
-            let b = rand(&mut seed, n);
+            let (x, _, wt, b) = problem(&mut seed, m, n, k);
             let r = rand(&mut seed, m * n);
             for acc in [false, true] {
                 let mut whole = r.clone();
@@ -765,10 +767,7 @@ mod tests {
             (3, 50, 11),
             (7, 90, 3),
         ] {
-            let x = rand(&mut seed, m * k);
-            let w = rand(&mut seed, n * k);
-            let wt = pack(&w, n, k);
-            let b = rand(&mut seed, n);
+            let (x, w, wt, b) = problem(&mut seed, m, n, k);
             let mut y = vec![0.5f32; m * n];
             let a = Args {
                 x: x.as_ptr(),
