@@ -112,8 +112,9 @@ fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize
                 .gen
                 .generate_batch(&a.prompts, &mut ())
                 .expect("generation");
-            best[i].0 = best[i].0.min(t0.elapsed().as_secs_f64());
-            slowest[i] = slowest[i].max(t0.elapsed().as_secs_f64());
+            let took = t0.elapsed().as_secs_f64();
+            best[i].0 = best[i].0.min(took);
+            slowest[i] = slowest[i].max(took);
             let t0 = Instant::now();
             let g1 = a.gen1.generate_batch(&a.prompts, &mut ()).expect("prefill");
             best[i].1 = best[i].1.min(t0.elapsed().as_secs_f64());
