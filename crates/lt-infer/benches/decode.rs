@@ -7,7 +7,7 @@
 //!
 //! Environment: `LT_BENCH_TOKENS` (tiny, default 4096), `LT_BENCH_05B_TOKENS` (default 1024: a long
 //! generation, where the method pays off; 0 = skip), `LT_BENCH_05B_REPS` (default 1),
-//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_DTYPE` (`f32` on CPU, `bf16` on CUDA by default), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8), `LT_BENCH_REPS` (default 3:
+//! `LT_BENCH_DEVICE` (`cpu` default, `cuda`), `LT_BENCH_DTYPE` (`f32` on CPU, `bf16` on CUDA by default), `LT_BENCH_RAGGED=1` (also time a ragged prefill, padded vs split), `LT_BENCH_BATCH` (default 8; 1 = the batch-1 rows only), `LT_BENCH_REPS` (default 3:
 //! each row is the fastest of that many identical runs, the compared configurations run
 //! round-robin so that the VM's speed drifts hit them alike). With two or more runs, each
 //! LightThinker-vs-vanilla line also prints both arms' run-to-run spread (slowest / fastest − 1)
@@ -81,9 +81,16 @@ struct Arm<'m> {
 /// drifts between a fast and a ~35 % slower phase within seconds; interleaving puts the arms
 /// that are compared with each other (vanilla vs LightThinker, batch 8 vs batch 1) into the same
 /// phases instead of one arm's runs into a slow stretch.
+/// Identical arms (all of them at `LT_BENCH_BATCH=1`) run once.
 fn run_group(m: &Model, name: &str, arms: &[(Method, usize, usize)], reps: usize) -> Vec<Row> {
     let vocab = m.config().vocab_size;
-    let arms: Vec<Arm<'_>> = arms
+    let mut distinct: Vec<(Method, usize, usize)> = Vec::new();
+    for a in arms {
+        if !distinct.contains(a) {
+            distinct.push(*a);
+        }
+    }
+    let arms: Vec<Arm<'_>> = distinct
         .iter()
         .map(|&(method, tokens, batch)| Arm {
             method,

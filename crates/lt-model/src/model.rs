@@ -380,7 +380,7 @@ fn fused_pays(tokens: usize, cfg: &ModelConfig) -> bool {
 }
 
 /// The fused step keeps transposed f32 copies of the weights ([`Model::prepack`]): models up to
-/// this size only (128 MB of copies).
+/// this size only (at most 128 MB of copies).
 const FUSED_MAX_PARAMS: usize = 32 << 20;
 
 /// See [`fused_pays`]: a width-128 4-layer model (0.85M weights) takes the fused path for up to
@@ -445,8 +445,42 @@ struct RawSlice {
 unsafe impl Send for RawSlice {}
 unsafe impl Sync for RawSlice {}
 
+/// A packed projection weight ([`crate::gemm::Packed`]) as a raw pointer into a copy the
+/// [`FusedWeights`] own: f32 panels, or bf16 pair panels (bf16 models where
+/// [`crate::gemm::bf16_dot`]).
+#[derive(Clone, Copy, Debug)]
+struct RawPacked {
+    ptr: *const u8,
+    /// Elements (f32 or u32 words).
+    len: usize,
+    bf16: bool,
+}
+
+// SAFETY: as `RawSlice`
+unsafe impl Send for RawPacked {}
+unsafe impl Sync for RawPacked {}
+
+impl RawPacked {
+    fn get(&self) -> crate::gemm::Packed<'_> {
+        // SAFETY: made from a live owned buffer of `len` elements of the recorded type
+        unsafe {
+            if self.bf16 {
+                crate::gemm::Packed::Bf16(std::slice::from_raw_parts(
+                    self.ptr as *const u32,
+                    self.len,
+                ))
+            } else {
+                crate::gemm::Packed::F32(std::slice::from_raw_parts(
+                    self.ptr as *const f32,
+                    self.len,
+                ))
+            }
+        }
+    }
+}
+
 /// The bias slice of a (weight, bias) pair.
-fn bias(l: &(RawSlice, Option<RawSlice>)) -> Option<&[f32]> {
+fn bias(l: &(RawPacked, Option<RawSlice>)) -> Option<&[f32]> {
     l.1.as_ref().map(RawSlice::get)
 }
 
@@ -475,32 +509,36 @@ struct FusedLayer {
     ln2: RawSlice,
     eps2: f32,
     /// q | k | v stacked: one product per token, `heads·d + 2·kv_heads·d` outputs.
-    qkv: (RawSlice, Option<RawSlice>),
-    o: (RawSlice, Option<RawSlice>),
-    gate: (RawSlice, Option<RawSlice>),
-    up: (RawSlice, Option<RawSlice>),
-    down: (RawSlice, Option<RawSlice>),
+    qkv: (RawPacked, Option<RawSlice>),
+    o: (RawPacked, Option<RawSlice>),
+    gate: (RawPacked, Option<RawSlice>),
+    up: (RawPacked, Option<RawSlice>),
+    down: (RawPacked, Option<RawSlice>),
 }
 
-/// The model's weights as raw f32 slices for the fused step ([`Model::forward_fused`]): the
-/// projections and the lm_head as transposed f32 copies held here (`[in, out]`), norms and the
-/// embedding in place (f32) or widened once (bf16).
+/// The model's weights as raw slices for the fused step ([`Model::forward_fused`]): the
+/// projections and the lm_head as packed copies held here (f32 panels, or bf16 pair panels for a
+/// bf16 model where [`crate::gemm::bf16_dot`]), norms and the embedding in place (f32) or
+/// widened once (bf16).
 #[derive(Debug)]
 struct FusedWeights {
     embed: RawSlice,
     norm: RawSlice,
     norm_eps: f32,
-    head: RawSlice,
+    head: RawPacked,
     layers: Vec<FusedLayer>,
     /// The copies the slices point into.
     owned: Vec<Vec<f32>>,
+    /// The bf16 pair panels the packed weights point into.
+    owned16: Vec<Vec<u32>>,
 }
 
-/// Makes [`RawSlice`]s of dense CPU weights, widening bf16 ones and transposing projections into
-/// owned f32 copies.
+/// Makes [`RawSlice`]s of dense CPU weights (bf16 ones widened) and [`RawPacked`] projections
+/// (owned packed copies).
 #[derive(Default)]
 struct Widen {
     owned: Vec<Vec<f32>>,
+    owned16: Vec<Vec<u32>>,
 }
 
 impl Widen {
@@ -518,9 +556,9 @@ impl Widen {
         }
     }
 
-    /// A projection: its weight packed for [`crate::gemm::linear_t`] (an owned f32 copy) and its
+    /// A projection: its weight packed ([`Widen::packed`], an owned copy) and its
     /// bias.
-    fn linear(&mut self, l: &Linear) -> Option<(RawSlice, Option<RawSlice>)> {
+    fn linear(&mut self, l: &Linear) -> Option<(RawPacked, Option<RawSlice>)> {
         let b = match &l.b {
             Some(b) => Some(self.slice(b)?),
             None => None,
@@ -530,7 +568,7 @@ impl Widen {
 
     /// Several projections of the same input stacked along their outputs
     /// ([`stack_linears`]): the transposed weight and an owned copy of the bias.
-    fn stacked(&mut self, parts: &[&Linear]) -> Option<(RawSlice, Option<RawSlice>)> {
+    fn stacked(&mut self, parts: &[&Linear]) -> Option<(RawPacked, Option<RawSlice>)> {
         let (w, b) = stack_linears(parts);
         let b = match b {
             Some(b) => Some(self.keep(Vec::<f32>::try_from(b.to_kind(Kind::Float)).ok()?)),
@@ -550,20 +588,37 @@ impl Widen {
         r
     }
 
-    fn packed(&mut self, w: &Tensor) -> Option<RawSlice> {
+    /// A weight packed for [`crate::gemm::linear_t_cols`]: paired bf16 panels for a bf16 weight
+    /// where [`crate::gemm::bf16_dot`] (half the bytes streamed per step), else f32 panels.
+    fn packed(&mut self, w: &Tensor) -> Option<RawPacked> {
         let (n, k) = w.size2().ok()?;
         if w.device() != Device::Cpu || !matches!(w.kind(), Kind::Float | Kind::BFloat16) {
             return None;
         }
         let dense = Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-        let packed = crate::gemm::pack(&dense, n as usize, k as usize);
+        let (n, k) = (n as usize, k as usize);
+        if w.kind() == Kind::BFloat16 && crate::gemm::bf16_dot() {
+            let packed = crate::gemm::pack_bf16(&dense, n, k);
+            let mut buf = vec![0u32; packed.len() + 16];
+            let off = buf.as_ptr().align_offset(64).min(16);
+            buf[off..off + packed.len()].copy_from_slice(&packed);
+            let r = RawPacked {
+                ptr: buf[off..].as_ptr() as *const u8,
+                len: packed.len(),
+                bf16: true,
+            };
+            self.owned16.push(buf);
+            return Some(r);
+        }
+        let packed = crate::gemm::pack(&dense, n, k);
         // on a cache line: each panel row is one line, never split over two
         let mut buf = vec![0f32; packed.len() + 16];
         let off = buf.as_ptr().align_offset(64).min(16);
         buf[off..off + packed.len()].copy_from_slice(&packed);
-        let r = RawSlice {
-            ptr: buf[off..].as_ptr(),
+        let r = RawPacked {
+            ptr: buf[off..].as_ptr() as *const u8,
             len: packed.len(),
+            bf16: false,
         };
         self.owned.push(buf);
         Some(r)
@@ -749,7 +804,7 @@ impl TeamStep<'_> {
         ldx: usize,
         m: usize,
         k: usize,
-        l: &(RawSlice, Option<RawSlice>),
+        l: &(RawPacked, Option<RawSlice>),
         out: Shared,
         width: usize,
         cols: std::ops::Range<usize>,
@@ -784,7 +839,7 @@ impl TeamStep<'_> {
         &self,
         input: Shared,
         k: usize,
-        l: &(RawSlice, Option<RawSlice>),
+        l: &(RawPacked, Option<RawSlice>),
         cols: std::ops::Range<usize>,
     ) {
         let (n, h) = (self.n, self.cfg.hidden_size);
@@ -934,7 +989,7 @@ impl TeamStep<'_> {
         inp: &[f32],
         ldx: usize,
         k: usize,
-        l: &(RawSlice, Option<RawSlice>),
+        l: &(RawPacked, Option<RawSlice>),
         part: Shared,
         mine: &[usize],
         inputs: impl Fn(usize) -> std::ops::Range<usize>,
@@ -1804,7 +1859,8 @@ impl Model {
         let fused = self.build_fused();
         if let Some(f) = &fused {
             stats.fused_step = true;
-            stats.bytes += f.owned.iter().map(|v| v.len() * 4).sum::<usize>();
+            stats.bytes += f.owned.iter().map(|v| v.len() * 4).sum::<usize>()
+                + f.owned16.iter().map(|v| v.len() * 4).sum::<usize>();
         }
         self.fused = std::sync::OnceLock::from(fused);
         self.prepacked = true;
@@ -2142,6 +2198,7 @@ impl Model {
             head: wd.packed(self.lm_head())?,
             layers,
             owned: wd.owned,
+            owned16: wd.owned16,
         })
     }
 
