@@ -420,49 +420,77 @@ mod avx512 {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn cols(a: &Args, j0: usize, j1: usize) {
-        let mut i = 0;
-        while i < a.m {
-            i += match a.m - i {
-                8.. => {
-                    tile_rows::<8, 3>(a, i, j0, j1);
-                    8
-                }
-                7 => {
-                    tile_rows::<7, 3>(a, i, j0, j1);
-                    7
-                }
-                6 => {
-                    tile_rows::<6, 3>(a, i, j0, j1);
-                    6
-                }
-                5 => {
-                    tile_rows::<5, 3>(a, i, j0, j1);
-                    5
-                }
-                4 => {
-                    tile_rows::<4, 3>(a, i, j0, j1);
-                    4
-                }
-                3 => {
-                    tile_rows::<3, 4>(a, i, j0, j1);
-                    3
-                }
-                2 => {
-                    tile_rows::<2, 6>(a, i, j0, j1);
-                    2
-                }
-                _ => {
-                    tile_rows::<1, 8>(a, i, j0, j1);
-                    1
-                }
-            };
-        }
+    /// The row tiles of [`cols`]: as many rows at once as are left, up to 8 (tall tiles stream
+    /// the weights fewer times), each with as many 16-column vectors as fit the registers.
+    macro_rules! by_rows {
+        ($tile_rows:ident, $a:expr, $j0:expr, $j1:expr) => {{
+            let mut i = 0;
+            while i < $a.m {
+                i += match $a.m - i {
+                    8.. => {
+                        $tile_rows::<8, 3>($a, i, $j0, $j1);
+                        8
+                    }
+                    7 => {
+                        $tile_rows::<7, 3>($a, i, $j0, $j1);
+                        7
+                    }
+                    6 => {
+                        $tile_rows::<6, 3>($a, i, $j0, $j1);
+                        6
+                    }
+                    5 => {
+                        $tile_rows::<5, 3>($a, i, $j0, $j1);
+                        5
+                    }
+                    4 => {
+                        $tile_rows::<4, 3>($a, i, $j0, $j1);
+                        4
+                    }
+                    3 => {
+                        $tile_rows::<3, 4>($a, i, $j0, $j1);
+                        3
+                    }
+                    2 => {
+                        $tile_rows::<2, 6>($a, i, $j0, $j1);
+                        2
+                    }
+                    _ => {
+                        $tile_rows::<1, 8>($a, i, $j0, $j1);
+                        1
+                    }
+                };
+            }
+        }};
     }
 
     /// Rows `i..i+MR`, columns `j0..j1` in tiles of `16 NV`; a narrow last tile (a column range
     /// split between threads, a width off the tile) takes as few vectors as it needs.
+    macro_rules! by_cols {
+        ($tile:ident, $mr:ident, $nv:ident, $a:expr, $i:expr, $j0:expr, $j1:expr) => {{
+            let (a, i, j1) = ($a, $i, $j1);
+            let mut j = $j0;
+            while j < j1 && j1 - j > 16 * ($nv - 1) {
+                $tile::<$mr, $nv>(a, i, j, j1);
+                j += 16 * $nv;
+            }
+            if j < j1 {
+                match (j1 - j).div_ceil(16) {
+                    1 => $tile::<$mr, 1>(a, i, j, j1),
+                    2 => $tile::<$mr, 2>(a, i, j, j1),
+                    3 => $tile::<$mr, 3>(a, i, j, j1),
+                    4 => $tile::<$mr, 4>(a, i, j, j1),
+                    _ => $tile::<$mr, $nv>(a, i, j, j1),
+                }
+            }
+        }};
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cols(a: &Args, j0: usize, j1: usize) {
+        by_rows!(tile_rows, a, j0, j1)
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_rows<const MR: usize, const NV: usize>(
@@ -471,20 +499,7 @@ mod avx512 {
         j0: usize,
         j1: usize,
     ) {
-        let mut j = j0;
-        while j < j1 && j1 - j > 16 * (NV - 1) {
-            tile::<MR, NV>(a, i, j, j1);
-            j += 16 * NV;
-        }
-        if j < j1 {
-            match (j1 - j).div_ceil(16) {
-                1 => tile::<MR, 1>(a, i, j, j1),
-                2 => tile::<MR, 2>(a, i, j, j1),
-                3 => tile::<MR, 3>(a, i, j, j1),
-                4 => tile::<MR, 4>(a, i, j, j1),
-                _ => tile::<MR, NV>(a, i, j, j1),
-            }
-        }
+        by_cols!(tile, MR, NV, a, i, j0, j1)
     }
 
     /// One register tile: rows `i..i+MR`, columns `j..min(j+16 NV, j1)`.
@@ -538,43 +553,7 @@ mod avx512 {
     /// the products of one input pair.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn cols_bf16(a: &Args16, j0: usize, j1: usize) {
-        let mut i = 0;
-        while i < a.m {
-            i += match a.m - i {
-                8.. => {
-                    tile_rows_bf16::<8, 3>(a, i, j0, j1);
-                    8
-                }
-                7 => {
-                    tile_rows_bf16::<7, 3>(a, i, j0, j1);
-                    7
-                }
-                6 => {
-                    tile_rows_bf16::<6, 3>(a, i, j0, j1);
-                    6
-                }
-                5 => {
-                    tile_rows_bf16::<5, 3>(a, i, j0, j1);
-                    5
-                }
-                4 => {
-                    tile_rows_bf16::<4, 3>(a, i, j0, j1);
-                    4
-                }
-                3 => {
-                    tile_rows_bf16::<3, 4>(a, i, j0, j1);
-                    3
-                }
-                2 => {
-                    tile_rows_bf16::<2, 6>(a, i, j0, j1);
-                    2
-                }
-                _ => {
-                    tile_rows_bf16::<1, 8>(a, i, j0, j1);
-                    1
-                }
-            };
-        }
+        by_rows!(tile_rows_bf16, a, j0, j1)
     }
 
     #[inline]
@@ -585,20 +564,7 @@ mod avx512 {
         j0: usize,
         j1: usize,
     ) {
-        let mut j = j0;
-        while j < j1 && j1 - j > 16 * (NV - 1) {
-            tile_bf16::<MR, NV>(a, i, j, j1);
-            j += 16 * NV;
-        }
-        if j < j1 {
-            match (j1 - j).div_ceil(16) {
-                1 => tile_bf16::<MR, 1>(a, i, j, j1),
-                2 => tile_bf16::<MR, 2>(a, i, j, j1),
-                3 => tile_bf16::<MR, 3>(a, i, j, j1),
-                4 => tile_bf16::<MR, 4>(a, i, j, j1),
-                _ => tile_bf16::<MR, NV>(a, i, j, j1),
-            }
-        }
+        by_cols!(tile_bf16, MR, NV, a, i, j0, j1)
     }
 
     /// [`tile`] over input pairs: one 64-byte load holds 16 columns × 2 inputs.
