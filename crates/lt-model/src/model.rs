@@ -598,31 +598,33 @@ impl Widen {
         let dense = Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
         let (n, k) = (n as usize, k as usize);
         if w.kind() == Kind::BFloat16 && crate::gemm::bf16_dot() {
-            let packed = crate::gemm::pack_bf16(&dense, n, k);
-            let mut buf = vec![0u32; packed.len() + 16];
-            let off = buf.as_ptr().align_offset(64).min(16);
-            buf[off..off + packed.len()].copy_from_slice(&packed);
+            let (buf, off) = on_cache_line(&crate::gemm::pack_bf16(&dense, n, k));
             let r = RawPacked {
                 ptr: buf[off..].as_ptr() as *const u8,
-                len: packed.len(),
+                len: buf.len() - 16,
                 bf16: true,
             };
             self.owned16.push(buf);
             return Some(r);
         }
-        let packed = crate::gemm::pack(&dense, n, k);
-        // on a cache line: each panel row is one line, never split over two
-        let mut buf = vec![0f32; packed.len() + 16];
-        let off = buf.as_ptr().align_offset(64).min(16);
-        buf[off..off + packed.len()].copy_from_slice(&packed);
+        let (buf, off) = on_cache_line(&crate::gemm::pack(&dense, n, k));
         let r = RawPacked {
             ptr: buf[off..].as_ptr() as *const u8,
-            len: packed.len(),
+            len: buf.len() - 16,
             bf16: false,
         };
         self.owned.push(buf);
         Some(r)
     }
+}
+
+/// A copy of `v` (4-byte elements) starting on a cache line at the returned offset, so that each
+/// 16-element panel row of a packed weight is one line, never split over two; 16 elements longer.
+fn on_cache_line<T: Copy + Default>(v: &[T]) -> (Vec<T>, usize) {
+    let mut buf = vec![T::default(); v.len() + 16];
+    let off = buf.as_ptr().align_offset(64).min(16);
+    buf[off..off + v.len()].copy_from_slice(v);
+    (buf, off)
 }
 
 /// An activation buffer of a [`TeamStep`] shared by its members: between two barriers each
@@ -2625,6 +2627,46 @@ mod tests {
             .abs()
             .max()
             .double_value(&[])
+    }
+
+    /// A bf16 model's fused weights stay bf16 (paired panels, half the f32 copies' bytes) exactly
+    /// where the CPU has AVX512-BF16, and an f32 model's never do.
+    #[test]
+    fn bf16_models_keep_bf16_panels_where_the_cpu_can() {
+        let cfg = ModelConfig::tiny_qwen2(256, 64, 2, 4, 2, 96);
+        let packed = |kind| {
+            let mut m = Model::random(&cfg, Device::Cpu, kind, 1).unwrap();
+            m.prepack().unwrap();
+            let w = m.fused.get().and_then(|f| f.as_ref()).map(|f| {
+                let l = &f.layers[0];
+                let kinds: Vec<bool> = [&l.qkv, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|p| p.0.bf16)
+                    .chain([f.head.bf16])
+                    .collect();
+                let words = |o: &Vec<Vec<u32>>| o.iter().map(Vec::len).sum::<usize>();
+                (kinds, words(&f.owned16))
+            });
+            w
+        };
+        let Some((kinds32, words32)) = packed(Kind::Float) else {
+            return; // no fused step on this CPU
+        };
+        assert!(kinds32.iter().all(|&b| !b) && words32 == 0);
+        let (kinds16, words16) = packed(Kind::BFloat16).expect("bf16 fused weights");
+        let want = crate::gemm::bf16_dot();
+        assert!(
+            kinds16.iter().all(|&b| b == want),
+            "{kinds16:?} vs bf16_dot {want}"
+        );
+        // one u32 per two weights: half of the f32 panels (+ padding)
+        let weights = 2 * (64 * 128 + 64 * 64 + 2 * 64 * 96 + 96 * 64) + 256 * 64;
+        if want {
+            assert!(
+                words16 >= weights / 2 && words16 < weights * 6 / 10,
+                "{words16} vs {weights}"
+            );
+        }
     }
 
     /// The eager one-query attention equals SDPA: GQA, a batch of 2, no mask / bool / additive.
