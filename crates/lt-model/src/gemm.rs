@@ -308,7 +308,13 @@ unsafe fn linear_bf16(
         xp.resize(m * k2, 0);
         for (i, row) in xp.chunks_exact_mut(k2).enumerate() {
             let xr = &x[i * ldx + ks.start..i * ldx + ks.end];
-            for (u, w) in row.iter_mut().enumerate() {
+            // 16 at a time with `vcvtneps2bf16` (the same round-to-nearest-even)
+            let mut u = 0;
+            #[cfg(target_arch = "x86_64")]
+            if bf16_dot() {
+                u = avx512::pairs(xr, row);
+            }
+            for (u, w) in row.iter_mut().enumerate().skip(u) {
                 let lo = crate::fused::bf16_bits(xr[2 * u]) as u32;
                 let hi = xr
                     .get(2 * u + 1)
@@ -549,6 +555,23 @@ mod avx512 {
             }
         }
     }
+    /// The bf16 pairs of `x` into `out` (`out[u] = bf16(x[2u]) | bf16(x[2u+1]) << 16`, which is
+    /// the bf16 array of `x` read as 32-bit words), 16 inputs at a time; returns how many words
+    /// it wrote (the caller does the odd tail).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pairs(x: &[f32], out: &mut [u32]) -> usize {
+        let mut u = 0;
+        while 2 * u + 16 <= x.len() && u + 8 <= out.len() {
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(2 * u)));
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(u) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
+            u += 8;
+        }
+        u
+    }
+
     /// [`cols`] for a bf16 product ([`super::Args16`]): the same tiles, each `vdpbf16ps` adding
     /// the products of one input pair.
     #[target_feature(enable = "avx512f,avx512bf16")]
