@@ -503,6 +503,9 @@ mod avx512 {
         scale: f32,
         scores: &mut [f32],
     ) {
+        if BF16 && d.is_multiple_of(32) && g >= 2 && crate::gemm::bf16_dot() {
+            return scores_bf16_dot(q, g, d, k, slot, len, scale, scores);
+        }
         let dv = d / 16;
         let sc = _mm512_set1_ps(scale);
         let out = scores.as_mut_ptr();
@@ -539,6 +542,82 @@ mod avx512 {
             // with, and 8 lanes to reduce per key instead of 16); SAFETY: AVX-512 kernels are
             // chosen only where AVX2 + FMA are present too
             super::avx2::scores::<BF16>(
+                &q[gi * d..],
+                1,
+                d,
+                k,
+                slot,
+                len,
+                scale,
+                &mut scores[gi * len..],
+            );
+        }
+    }
+
+    /// [`scores`] for bf16 keys and bf16-valued queries (a bf16 model's, rounded where HF rounds)
+    /// with `vdpbf16ps`: one 64-byte load is 32 dims of a key, and each instruction adds 32
+    /// exact products into 16 f32 lanes — the f32 kernel's sums of the same products, in
+    /// another order, from half the instructions. `d` a multiple of 32, `g ≥ 2`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn scores_bf16_dot(
+        q: &[f32],
+        g: usize,
+        d: usize,
+        k: *const u8,
+        slot: isize,
+        len: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        // the queries as bf16 (32 per 64-byte vector)
+        let mut qb = [_mm512_setzero_si512(); 2 * 128 / 32];
+        let dv = d / 32;
+        let sc = _mm512_set1_ps(scale);
+        let out = scores.as_mut_ptr();
+        let mut gi = 0;
+        while gi + 2 <= g {
+            for h in 0..2 {
+                for c in 0..dv {
+                    let at = q.as_ptr().add((gi + h) * d + c * 32);
+                    let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(at));
+                    let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(at.add(16)));
+                    qb[h * dv + c] = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(std::mem::transmute::<__m256bh, __m256i>(lo)),
+                        std::mem::transmute::<__m256bh, __m256i>(hi),
+                    );
+                }
+            }
+            let mut j = 0;
+            while j < len {
+                let n = (len - j).min(8);
+                let kr: [*const u8; 8] =
+                    std::array::from_fn(|t| k.offset((j + t.min(n - 1)) as isize * slot));
+                let mut a = [_mm512_setzero_ps(); 16];
+                for c in 0..dv {
+                    let (qa, qc) = (
+                        std::mem::transmute::<__m512i, __m512bh>(qb[c]),
+                        std::mem::transmute::<__m512i, __m512bh>(qb[dv + c]),
+                    );
+                    for t in 0..8 {
+                        let kv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            (kr[t] as *const u16).add(c * 32) as *const _,
+                        ));
+                        a[t] = _mm512_dpbf16_ps(a[t], qa, kv);
+                        a[8 + t] = _mm512_dpbf16_ps(a[8 + t], qc, kv);
+                    }
+                }
+                let s = _mm512_mul_ps(hsum16(&a), sc);
+                _mm512_mask_storeu_ps(out.add(gi * len + j), first(n), s);
+                let hi = _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s);
+                _mm512_mask_storeu_ps(out.add((gi + 1) * len + j), first(n), hi);
+                j += 8;
+            }
+            gi += 2;
+        }
+        if gi < g {
+            // SAFETY: as in `scores`
+            super::avx2::scores::<true>(
                 &q[gi * d..],
                 1,
                 d,
@@ -977,7 +1056,11 @@ mod tests {
         ] {
             for kern in [Kern::Avx512, Kern::Avx2, Kern::Scalar].map(|k| k.or_best(d)) {
                 let slot = d + 4; // padding between slots
-                let q: Vec<f32> = (0..g * d).map(|_| rnd() * 3.0).collect();
+                                  // a bf16 model's queries are bf16 values (the bf16 dot kernel relies on it)
+                let q: Vec<f32> = (0..g * d)
+                    .map(|_| rnd() * 3.0)
+                    .map(|x| if bf16 { to_bf16(x) } else { x })
+                    .collect();
                 let k: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
                 let v: Vec<f32> = (0..len * slot).map(|_| rnd()).collect();
                 let (kb, vb): (Vec<u16>, Vec<u16>) = (
