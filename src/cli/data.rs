@@ -27,7 +27,7 @@ pub enum DataCommand {
 /// The training arguments that select how samples are built (the reference's names and defaults).
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// Compression config JSON (configs/LightThinker/<model>/v1.json).
+    /// Compression config JSON (configs/LightThinker/MODEL/v1.json).
     #[arg(long)]
     pub compress_config: PathBuf,
     /// tokenizer.json, or a model directory holding one.

@@ -116,7 +116,7 @@ pub struct TrainArgs {
     /// Train only new-token embeddings: only `false` is supported (the reference's setting).
     #[arg(long, value_parser = parse_bool, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub freeze_model: bool,
-    /// Output directory (metrics.jsonl, loss.svg, checkpoint-<step>/); default named from the flags under `output/`.
+    /// Output directory (metrics.jsonl, loss.svg, checkpoint-STEP/); default named from the flags under `output/`.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.

@@ -2029,9 +2029,6 @@ impl Model {
         })
     }
 
-    /// The fused-kernel view of the weights when a one-token step can take the fused CPU
-    /// kernels ([`crate::fused`]): f32 weights and cache on the CPU, AVX2 + FMA, every weight
-    /// dense.
     /// [`Model::forward`] with the token ids and positions as host slices (`batch` rows of
     /// `ids.len() / batch` tokens each, row-major): what a decode loop holds anyway. A step that
     /// takes the fused CPU path reads them in place (no tensors made, none read back); any other
