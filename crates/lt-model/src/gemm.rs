@@ -205,16 +205,12 @@ pub(crate) unsafe fn linear_t_part(
 ) {
     assert!(ks.start <= ks.end && ks.end <= kw);
     assert!(ldx >= kw && ldy >= n && (m == 0 || x.len() >= (m - 1) * ldx + kw));
-    let wt = match wt {
-        Packed::F32(wt) => {
-            assert!(wt.len() >= packed_len(n, kw));
-            wt
-        }
+    match wt {
+        Packed::F32(wt) => assert!(wt.len() >= packed_len(n, kw)),
         Packed::Bf16(wt) => {
-            assert!(wt.len() >= packed_len(n, kw.div_ceil(2)) && ks.start.is_multiple_of(2));
-            return linear_bf16(x, ldx, m, ks, kw, wt, n, bias, y, ldy, accumulate, cols);
+            assert!(wt.len() >= packed_len(n, kw.div_ceil(2)) && ks.start.is_multiple_of(2))
         }
-    };
+    }
     assert!(
         cols.start <= cols.end
             && cols.end <= n
@@ -226,6 +222,12 @@ pub(crate) unsafe fn linear_t_part(
     if cols.is_empty() || m == 0 {
         return;
     }
+    let wt = match wt {
+        Packed::F32(wt) => wt,
+        Packed::Bf16(wt) => {
+            return linear_bf16(x, ldx, m, ks, kw, wt, bias, y, ldy, accumulate, cols);
+        }
+    };
     let a = Args {
         x: x.as_ptr().add(ks.start),
         ldx,
@@ -269,9 +271,10 @@ impl Args {
     }
 }
 
-/// [`linear_t_part`] for a [`Packed::Bf16`] weight: the inputs paired into bf16 words once (per
-/// call, in a per-thread buffer), then `vdpbf16ps` tiles (a scalar loop without AVX512-BF16;
-/// such weights are only packed where it exists).
+/// [`linear_t_part`] for a [`Packed::Bf16`] weight (arguments checked there, `cols` and `m`
+/// not empty): the inputs paired into bf16 words once (per call, in a per-thread buffer), then
+/// `vdpbf16ps` tiles (a scalar loop without AVX512-BF16; such weights are only packed where it
+/// exists).
 #[allow(clippy::too_many_arguments)]
 unsafe fn linear_bf16(
     x: &[f32],
@@ -280,24 +283,12 @@ unsafe fn linear_bf16(
     ks: std::ops::Range<usize>,
     kw: usize,
     wt: &[u32],
-    n: usize,
     bias: Option<&[f32]>,
     y: *mut f32,
     ldy: usize,
     accumulate: bool,
     cols: std::ops::Range<usize>,
 ) {
-    assert!(
-        cols.start <= cols.end
-            && cols.end <= n
-            && (cols.start.is_multiple_of(PANEL) || cols.is_empty())
-    );
-    if let Some(b) = bias {
-        assert!(b.len() >= n);
-    }
-    if cols.is_empty() || m == 0 {
-        return;
-    }
     thread_local! {
         static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
