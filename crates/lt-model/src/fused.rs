@@ -503,20 +503,17 @@ mod avx512 {
         scale: f32,
         scores: &mut [f32],
     ) {
-        if BF16 && d.is_multiple_of(32) && g >= 2 && crate::gemm::bf16_dot() {
-            return scores_bf16_dot(q, g, d, k, slot, len, scale, scores);
-        }
         let dv = d / 16;
-        let sc = _mm512_set1_ps(scale);
         let out = scores.as_mut_ptr();
         let mut gi = 0;
+        if BF16 && d.is_multiple_of(32) && crate::gemm::bf16_dot() {
+            gi = pairs_bf16_dot(q, g, d, k, slot, len, scale, out);
+        }
         while gi + 2 <= g {
             let (q0, q1) = (q.as_ptr().add(gi * d), q.as_ptr().add((gi + 1) * d));
             let mut j = 0;
             while j < len {
-                let n = (len - j).min(8);
-                let kr: [*const u8; 8] =
-                    std::array::from_fn(|t| k.offset((j + t.min(n - 1)) as isize * slot));
+                let (n, kr) = key_rows(k, j, len, slot);
                 let mut a = [_mm512_setzero_ps(); 16];
                 for c in 0..dv {
                     let (qa, qb) = (
@@ -529,10 +526,7 @@ mod avx512 {
                         a[8 + t] = _mm512_fmadd_ps(qb, kv, a[8 + t]);
                     }
                 }
-                let s = _mm512_mul_ps(hsum16(&a), sc);
-                _mm512_mask_storeu_ps(out.add(gi * len + j), first(n), s);
-                let hi = _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s);
-                _mm512_mask_storeu_ps(out.add((gi + 1) * len + j), first(n), hi);
+                store_pair(&a, scale, out.add(gi * len + j), len, n);
                 j += 8;
             }
             gi += 2;
@@ -554,13 +548,36 @@ mod avx512 {
         }
     }
 
-    /// [`scores`] for bf16 keys and bf16-valued queries (a bf16 model's, rounded where HF rounds)
-    /// with `vdpbf16ps`: one 64-byte load is 32 dims of a key, and each instruction adds 32
-    /// exact products into 16 f32 lanes — the f32 kernel's sums of the same products, in
-    /// another order, from half the instructions. `d` a multiple of 32, `g ≥ 2`.
+    /// Keys `j..j+8` of `len` (`slot` bytes apart): how many exist (≤ 8) and their rows, a short
+    /// last block repeating its last key (its scores are stored masked).
+    #[inline]
+    unsafe fn key_rows(k: *const u8, j: usize, len: usize, slot: isize) -> (usize, [*const u8; 8]) {
+        let n = (len - j).min(8);
+        (
+            n,
+            std::array::from_fn(|t| k.offset((j + t.min(n - 1)) as isize * slot)),
+        )
+    }
+
+    /// The 8 keys' scores of two heads from their accumulators (`a[t]`, `a[8 + t]`): lane sums
+    /// times `scale`, the first `n` stored at `out` (head 0) and `out + len` (head 1).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_pair(a: &[__m512; 16], scale: f32, out: *mut f32, len: usize, n: usize) {
+        let s = _mm512_mul_ps(hsum16(a), _mm512_set1_ps(scale));
+        _mm512_mask_storeu_ps(out, first(n), s);
+        let hi = _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s);
+        _mm512_mask_storeu_ps(out.add(len), first(n), hi);
+    }
+
+    /// [`scores`]' head pairs for bf16 keys and bf16-valued queries (a bf16 model's, rounded where
+    /// HF rounds) with `vdpbf16ps`: one 64-byte load is 32 dims of a key, and each instruction
+    /// adds 32 exact products into 16 f32 lanes — the f32 kernel's sums of the same products, in
+    /// another order, from half the instructions. `d` a multiple of 32, at most 128. Returns the
+    /// heads done (a lone last one is left to the caller).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn scores_bf16_dot(
+    unsafe fn pairs_bf16_dot(
         q: &[f32],
         g: usize,
         d: usize,
@@ -568,13 +585,11 @@ mod avx512 {
         slot: isize,
         len: usize,
         scale: f32,
-        scores: &mut [f32],
-    ) {
+        out: *mut f32,
+    ) -> usize {
         // the queries as bf16 (32 per 64-byte vector)
         let mut qb = [_mm512_setzero_si512(); 2 * 128 / 32];
         let dv = d / 32;
-        let sc = _mm512_set1_ps(scale);
-        let out = scores.as_mut_ptr();
         let mut gi = 0;
         while gi + 2 <= g {
             for h in 0..2 {
@@ -590,9 +605,7 @@ mod avx512 {
             }
             let mut j = 0;
             while j < len {
-                let n = (len - j).min(8);
-                let kr: [*const u8; 8] =
-                    std::array::from_fn(|t| k.offset((j + t.min(n - 1)) as isize * slot));
+                let (n, kr) = key_rows(k, j, len, slot);
                 let mut a = [_mm512_setzero_ps(); 16];
                 for c in 0..dv {
                     let (qa, qc) = (
@@ -607,27 +620,12 @@ mod avx512 {
                         a[8 + t] = _mm512_dpbf16_ps(a[8 + t], qc, kv);
                     }
                 }
-                let s = _mm512_mul_ps(hsum16(&a), sc);
-                _mm512_mask_storeu_ps(out.add(gi * len + j), first(n), s);
-                let hi = _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s);
-                _mm512_mask_storeu_ps(out.add((gi + 1) * len + j), first(n), hi);
+                store_pair(&a, scale, out.add(gi * len + j), len, n);
                 j += 8;
             }
             gi += 2;
         }
-        if gi < g {
-            // SAFETY: as in `scores`
-            super::avx2::scores::<true>(
-                &q[gi * d..],
-                1,
-                d,
-                k,
-                slot,
-                len,
-                scale,
-                &mut scores[gi * len..],
-            );
-        }
+        gi
     }
 
     /// `out[gi] = Σ_j p[gi, j] · v_j` for probabilities `p` (`g × len`); `d` ∈ {16, 32, 64,
