@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+
+use super::DatasetArg;
 use lt_eval::{
     build_references, judge_records, kv_curve, plot, read_shards, report_block, sample_metrics,
     table1_markdown, write_atomic, Anchor, Compat, CompressSettings, Dataset, Judge, JudgeMode,
@@ -32,30 +34,6 @@ impl From<MethodArg> for Method {
             MethodArg::Kvcache => Method::KvCache,
             MethodArg::AnchorThought => Method::AnchorThought,
             MethodArg::AnchorToken => Method::AnchorToken,
-        }
-    }
-}
-
-/// `--dataset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DatasetArg {
-    /// GSM8K.
-    Gsm8k,
-    /// MMLU.
-    Mmlu,
-    /// GPQA.
-    Gpqa,
-    /// BBH.
-    Bbh,
-}
-
-impl From<DatasetArg> for Dataset {
-    fn from(d: DatasetArg) -> Self {
-        match d {
-            DatasetArg::Gsm8k => Dataset::Gsm8k,
-            DatasetArg::Mmlu => Dataset::Mmlu,
-            DatasetArg::Gpqa => Dataset::Gpqa,
-            DatasetArg::Bbh => Dataset::Bbh,
         }
     }
 }

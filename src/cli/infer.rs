@@ -70,8 +70,8 @@ pub struct InferArgs {
     #[arg(long, requires = "split_size")]
     pub index: Option<usize>,
     /// Dataset; without it the reference's four run in its order (mmlu, gsm8k, gpqa, bbh).
-    #[arg(long, value_parser = ["gsm8k", "mmlu", "gpqa", "bbh"])]
-    pub dataset: Option<String>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<super::DatasetArg>,
     /// Evaluation file in the reference's `data/eval/<dataset>.json` layout
     /// (default: `{root_dir}/data/eval/<dataset>.json`).
     #[arg(long)]
@@ -148,7 +148,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| model_path.clone());
     let datasets: Vec<Dataset> = match &a.dataset {
-        Some(d) => vec![Dataset::parse(d).context("unknown dataset")?],
+        Some(d) => vec![Dataset::from(*d)],
         None => Dataset::REFERENCE_ORDER.to_vec(),
     };
     if datasets.len() > 1 && (a.data.is_some() || a.output.is_some()) {

@@ -1,6 +1,7 @@
 //! The `lightthinker` command line: one module per subcommand, each a thin
 //! layer over a library crate.
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use lt_eval::Dataset;
 
 pub mod data;
 pub mod demo;
@@ -86,5 +87,29 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
         _ => Err(format!("expected true or false, got `{s}`")),
+    }
+}
+
+/// `--dataset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetArg {
+    /// GSM8K.
+    Gsm8k,
+    /// MMLU.
+    Mmlu,
+    /// GPQA.
+    Gpqa,
+    /// BBH.
+    Bbh,
+}
+
+impl From<DatasetArg> for Dataset {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Gsm8k => Dataset::Gsm8k,
+            DatasetArg::Mmlu => Dataset::Mmlu,
+            DatasetArg::Gpqa => Dataset::Gpqa,
+            DatasetArg::Bbh => Dataset::Bbh,
+        }
     }
 }

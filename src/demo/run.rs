@@ -250,7 +250,7 @@ fn eval_arm(
         update: UpdateMethod::Local,
         split_size: None,
         index: None,
-        dataset: lt_infer::quick::Dataset::Gsm8k,
+        dataset: Dataset::Gsm8k,
         data: paths.eval.clone(),
         output: records_path.clone(),
         kind: Kind::Float,

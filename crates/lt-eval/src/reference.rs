@@ -28,6 +28,10 @@ impl Dataset {
     /// All datasets, in the paper's column order.
     pub const ALL: [Dataset; 4] = [Dataset::Gsm8k, Dataset::Mmlu, Dataset::Gpqa, Dataset::Bbh];
 
+    /// The order in which the reference's inference driver runs them (`inference.sh`).
+    pub const REFERENCE_ORDER: [Dataset; 4] =
+        [Dataset::Mmlu, Dataset::Gsm8k, Dataset::Gpqa, Dataset::Bbh];
+
     /// The lower-case name (`gsm8k`, ...).
     pub fn name(self) -> &'static str {
         match self {

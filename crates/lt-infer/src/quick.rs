@@ -1,46 +1,9 @@
 //! The reference driver's answer extraction (`Reader.extract_answer`) and its inference-time quick
 //! check (`compare_answer`, stored as `acc_state` / `comp_pattern`). The paper's accuracy comes
 //! from `lt-eval`; these only reproduce the record fields.
-use serde::{Deserialize, Serialize};
-
-/// The four evaluation datasets of the reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dataset {
-    /// GSM8K (free-form number).
-    Gsm8k,
-    /// MMLU (letter).
-    Mmlu,
-    /// GPQA (letter).
-    Gpqa,
-    /// BIG-Bench Hard (free form or multiple choice).
-    Bbh,
-}
-
-impl Dataset {
-    /// The reference's file / directory name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dataset::Gsm8k => "gsm8k",
-            Dataset::Mmlu => "mmlu",
-            Dataset::Gpqa => "gpqa",
-            Dataset::Bbh => "bbh",
-        }
-    }
-    /// Parse `gsm8k|mmlu|gpqa|bbh`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "gsm8k" => Some(Dataset::Gsm8k),
-            "mmlu" => Some(Dataset::Mmlu),
-            "gpqa" => Some(Dataset::Gpqa),
-            "bbh" => Some(Dataset::Bbh),
-            _ => None,
-        }
-    }
-    /// The reference's run order (LightThinker driver).
-    pub const REFERENCE_ORDER: [Dataset; 4] =
-        [Dataset::Mmlu, Dataset::Gsm8k, Dataset::Gpqa, Dataset::Bbh];
-}
+/// The four evaluation datasets: one type shared with `lt-eval` (which owns it), so that a
+/// record written here and judged there name their dataset alike.
+pub use lt_eval::Dataset;
 
 /// Contents of every `\boxed{…}` (one nesting level of braces allowed), left to right.
 fn boxed_all(text: &str) -> Vec<&str> {
