@@ -23,8 +23,8 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` joins the context chain on one line: "reading x.jsonl: line 3: missing field `question`".
-            eprintln!("error: {e:#}");
+            // the context chain on one line: "reading x.jsonl: line 3: missing field `question`"
+            eprintln!("error: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -218,6 +218,37 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
     );
     assert!(err.contains("bad.jsonl"), "the error names the file: {err}");
 
+    // an output under a regular file: the cause once, after the run's data and output
+    let fx = root().join("crates/lt-infer/tests/fixtures/lt_default");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = bin()
+        .arg("-q")
+        .arg("infer")
+        .arg("--model-path")
+        .arg(fx.join("model"))
+        .arg("--tokenizer-path")
+        .arg(fx.join("tokenizer"))
+        .arg("--compress-config")
+        .arg(fx.join("config/compress_config.json"))
+        .args(["--model-type", "qwen", "--bos-token", "<|im_start|>"])
+        .args(["--eos-token", "<|im_end|>", "--max-new-tokens", "4"])
+        .args(["--method", "lightthinker", "--dataset", "gsm8k", "--data"])
+        .arg(fx.join("data/eval/gsm8k.json"))
+        .arg("--output")
+        .arg(blocker.join("o.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: gsm8k: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(err.contains("a-file"), "the error names the path: {err}");
+    let cause = err.trim_end().rsplit(": ").next().unwrap();
+    assert_eq!(err.matches(cause).count(), 1, "cause repeated: {err}");
+
     let out = bin()
         .args(["model", "info"])
         .arg(dir.path().join("missing-model"))

@@ -160,7 +160,13 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         &a.bos_token,
         &a.eos_token,
     )
-    .with_context(|| format!("loading tokenizer {}", tokenizer_path.display()))?;
+    .with_context(|| {
+        format!(
+            "vocabulary of tokenizer {} with compress config {}",
+            tokenizer_path.display(),
+            a.compress_config.display()
+        )
+    })?;
     tracing::info!(model = %model_path.display(), ?device, dtype = %a.dtype, "loading model");
     let model = lt_model::Model::load_for_inference(&model_path, device, kind)
         .with_context(|| format!("loading model {}", model_path.display()))?;
@@ -220,8 +226,9 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
             trace: false,
             system_prompt: None,
         };
-        let s = run::run_with(&opts, &vocab, &model)
-            .with_context(|| format!("{} ({})", ds.name(), data.display()))?;
+        let s = run::run_with(&opts, &vocab, &model).with_context(|| {
+            format!("{}: {} -> {}", ds.name(), data.display(), output.display())
+        })?;
         tracing::info!(
             dataset = ds.name(),
             written = s.written,

@@ -81,6 +81,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// An error and its causes on one line, outermost first and `: `-joined, like anyhow's `{:#}`,
+/// except that a cause whose text the line already ends with is not repeated (library errors
+/// such as `path: cause` both print their cause and return it as their source).
+///
+/// ```
+/// let e = anyhow::Error::from(std::io::Error::other("disk full")).context("writing out.jsonl");
+/// assert_eq!(lightthinker::cli::error_line(&e), "writing out.jsonl: disk full");
+/// ```
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Parse the reference scripts' boolean spelling (`true`/`false`, any case, or 1/0).
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -111,5 +133,34 @@ impl From<DatasetArg> for Dataset {
             DatasetArg::Gpqa => Dataset::Gpqa,
             DatasetArg::Bbh => Dataset::Bbh,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    /// `path: cause` that also returns the cause as its source (thiserror's `{source}` field).
+    #[derive(Debug)]
+    struct PathError(std::io::Error);
+    impl std::fmt::Display for PathError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "/out/x.jsonl: {}", self.0)
+        }
+    }
+    impl std::error::Error for PathError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_printed_is_not_repeated() {
+        let e = anyhow::Error::from(PathError(std::io::Error::other("no space")))
+            .context("gsm8k (data.json)");
+        assert_eq!(error_line(&e), "gsm8k (data.json): /out/x.jsonl: no space");
+        // a cause not yet in the line is kept
+        let e = anyhow::Error::from(std::io::Error::other("no space")).context("writing");
+        assert_eq!(error_line(&e), "writing: no space");
     }
 }
