@@ -193,6 +193,22 @@ fn infer_reproduces_the_reference_driver_records() {
     }
 }
 
+/// Run a command that must fail: a non-zero exit and one `error: ` line on stderr, no panic.
+fn one_error_line(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.starts_with("error: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    err
+}
+
 #[test]
 fn bad_input_is_one_error_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,19 +218,12 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
         "{\"case_id\": \"x\", \"builder\": \"create_attention_for_aug_data\"\nnot json\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["mask", "build", "--input"])
-        .arg(&bad)
-        .arg("--output")
-        .arg(dir.path().join("o.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err}"
+    let err = one_error_line(
+        bin()
+            .args(["mask", "build", "--input"])
+            .arg(&bad)
+            .arg("--output")
+            .arg(dir.path().join("o.jsonl")),
     );
     assert!(err.contains("bad.jsonl"), "the error names the file: {err}");
 
@@ -222,43 +231,30 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
     let fx = root().join("crates/lt-infer/tests/fixtures/lt_default");
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, "").unwrap();
-    let out = bin()
-        .arg("-q")
-        .arg("infer")
-        .arg("--model-path")
-        .arg(fx.join("model"))
-        .arg("--tokenizer-path")
-        .arg(fx.join("tokenizer"))
-        .arg("--compress-config")
-        .arg(fx.join("config/compress_config.json"))
-        .args(["--model-type", "qwen", "--bos-token", "<|im_start|>"])
-        .args(["--eos-token", "<|im_end|>", "--max-new-tokens", "4"])
-        .args(["--method", "lightthinker", "--dataset", "gsm8k", "--data"])
-        .arg(fx.join("data/eval/gsm8k.json"))
-        .arg("--output")
-        .arg(blocker.join("o.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.starts_with("error: gsm8k: ") && err.lines().count() == 1,
-        "{err}"
+    let err = one_error_line(
+        bin()
+            .args(["-q", "infer", "--model-path"])
+            .arg(fx.join("model"))
+            .arg("--tokenizer-path")
+            .arg(fx.join("tokenizer"))
+            .arg("--compress-config")
+            .arg(fx.join("config/compress_config.json"))
+            .args(["--model-type", "qwen", "--bos-token", "<|im_start|>"])
+            .args(["--eos-token", "<|im_end|>", "--max-new-tokens", "4"])
+            .args(["--method", "lightthinker", "--dataset", "gsm8k", "--data"])
+            .arg(fx.join("data/eval/gsm8k.json"))
+            .arg("--output")
+            .arg(blocker.join("o.jsonl")),
     );
+    assert!(err.starts_with("error: gsm8k: "), "{err}");
     assert!(err.contains("a-file"), "the error names the path: {err}");
     let cause = err.trim_end().rsplit(": ").next().unwrap();
     assert_eq!(err.matches(cause).count(), 1, "cause repeated: {err}");
 
-    let out = bin()
-        .args(["model", "info"])
-        .arg(dir.path().join("missing-model"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.starts_with("error: ") && err.lines().count() == 1,
-        "{err}"
+    one_error_line(
+        bin()
+            .args(["model", "info"])
+            .arg(dir.path().join("missing-model")),
     );
 }
 

@@ -239,20 +239,6 @@ fn read_cases(path: &Path) -> anyhow::Result<Vec<(usize, Case)>> {
     Ok(cases)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
 fn build(a: &BuildArgs) -> anyhow::Result<()> {
     let cases = read_cases(&a.input)?;
     let mut out = Vec::new();
@@ -286,7 +272,7 @@ fn build(a: &BuildArgs) -> anyhow::Result<()> {
         serde_json::to_writer(&mut out, &rec)?;
         out.write_all(b"\n")?;
     }
-    write_atomic(&a.output, &out)?;
+    lt_data::io::write_atomic(&a.output, &out)?;
     tracing::info!(
         "{} cases: {ok} built, {failed} errors -> {}",
         cases.len(),
@@ -388,9 +374,9 @@ fn render(a: &RenderArgs) -> anyhow::Result<()> {
     let svg = lt_mask::render::to_svg(&mask, labels.as_deref(), a.cell, &title);
     let svg_path = a.out.with_extension("svg");
     let png_path = a.out.with_extension("png");
-    write_atomic(&svg_path, svg.as_bytes())?;
+    lt_data::io::write_atomic(&svg_path, svg.as_bytes())?;
     let (w, h, px) = lt_mask::render::to_rgba(&mask, a.cell.min(64));
-    write_atomic(&png_path, &encode_png(w, h, &px)?)?;
+    lt_data::io::write_atomic(&png_path, &encode_png(w, h, &px)?)?;
     if a.ascii {
         print!("{}", mask.to_ascii());
     }

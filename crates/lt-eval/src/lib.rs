@@ -77,7 +77,9 @@ pub fn judge_records(
         .collect()
 }
 
-/// Write a file atomically: a temporary file in the same directory, then a rename.
+/// Write a file atomically: a temporary file in the same directory, synced, then a rename; the
+/// temporary file is removed when that fails. (`lt-data` has the same helper; this crate depends
+/// on no other `lt-*` crate.)
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -89,6 +91,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| EvalError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        EvalError::io(path, e)
+    })
 }

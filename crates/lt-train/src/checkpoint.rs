@@ -49,19 +49,10 @@ pub struct RngState {
     pub epoch: usize,
 }
 
-/// Write `bytes` to `path` atomically (temp file in the same directory + rename).
+/// Write `bytes` to `path` atomically (temp file in the same directory, synced, then renamed;
+/// [`lt_data::io::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(lt_data::io::write_atomic(path, bytes)?)
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
